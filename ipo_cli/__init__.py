@@ -1,0 +1,11 @@
+"""ipo: find human-readable prompts for CLIP models with an LLM in the loop.
+
+The public face is small; each module holds one responsibility (see README).
+Heavy libraries (torch, open_clip, llama_cpp) are imported only where needed.
+"""
+
+__version__ = "0.1.0"
+
+from ipo_cli.errors import IpoError  # noqa: E402
+
+__all__ = ["IpoError", "__version__"]

@@ -1,0 +1,3 @@
+from ipo_cli.cli import main
+
+main()

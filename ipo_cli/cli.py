@@ -1,0 +1,194 @@
+"""The `ipo` command: a thin Typer layer that parses, calls the library and renders.
+
+Heavy libraries are imported inside the commands, so `ipo --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ipo_cli import __version__
+from ipo_cli.console import err, fail, out, progress_bar, warn
+from ipo_cli.errors import IpoError
+
+app = typer.Typer(
+    name="ipo",
+    help="Find human-readable prompts for CLIP models with a local LLM in the loop (IPO).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+cache_app = typer.Typer(help="The on-disk caches of image embeddings and captions.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+# ---- options shared by several commands -------------------------------------------
+ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).")]
+ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="Text file, one class name per line ('#' comments allowed).")]
+SplitOpt = Annotated[Optional[Path], typer.Option("--split", help="A CoOp split file (split_zhou_*.json); paths are relative to the images folder.")]
+ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model: ARCH:TAG (ViT-B-16:openai), hf-hub:ORG/NAME, ARCH with --clip-weights, or a model config .json.")]
+ClipWeightsOpt = Annotated[Optional[Path], typer.Option("--clip-weights", help="A local open_clip checkpoint for the architecture named by --clip.")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $IPO_CACHE_DIR or the user cache directory).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ipo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """ipo: interpretable prompt optimisation for CLIP, offline."""
+
+
+# ---- ipo eval ---------------------------------------------------------------------
+@app.command("eval")
+def eval_cmd(
+    prompts: Annotated[Path, typer.Argument(help="JSON list of templates, a CLIP_benchmark template file, or an ipo prompts.json.")],
+    images: ImagesOpt,
+    classes: ClassesOpt = None,
+    split: SplitOpt = None,
+    split_part: Annotated[str, typer.Option("--split-part", help="Which part of --split to score.")] = "test",
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Score only K images per class (seeded sample).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots sample and the bootstrap.")] = 1,
+    base_novel: Annotated[bool, typer.Option("--base-novel", help="Also report base, novel and harmonic mean H (CoOp protocol).")] = False,
+    baseline: Annotated[str, typer.Option("--baseline", help="Hand-written template every prompt is compared with.")] = "a photo of a {}.",
+    clip: ClipOpt = "ViT-B-16:openai",
+    clip_weights: ClipWeightsOpt = None,
+    cache_dir: CacheDirOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    as_json: JsonOpt = False,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.")] = None,
+) -> None:
+    """Score prompt templates on labelled images: top-1, top-5, mean per-class recall."""
+    from ipo_cli import cache, dataset as ds, evaluate, prompts as pr, vision
+
+    if split_part not in ("train", "val", "test"):
+        raise IpoError(f"--split-part must be train, val or test, not {split_part!r}")
+    prompt_list = pr.read_prompts(prompts)
+    data = ds.load_dataset(images, classes, split, split_part)
+    if shots:
+        data = ds.few_shot(data, shots, seed)
+    spec = vision.parse_clip(clip, clip_weights)
+    with err.status(f"loading CLIP {spec.identity}"):
+        model = vision.load_clip(spec)
+    store = cache.Store(cache.cache_root(cache_dir), "embeddings")
+    with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
+        embedded = evaluate.embed_dataset(model, data, store, progress=advance)
+    for path, reason in embedded.skipped:
+        warn(f"skipped unreadable image {path}: {reason}")
+    report = evaluate.evaluate(model, embedded, prompt_list, baseline=baseline, base_novel=base_novel, seed=seed)
+    result = report.to_json()
+    result["cache"] = {"images_computed": model.stats["images_computed"], "images_cached": model.stats["images_cached"]}
+    if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(result, indent=2) + "\n")
+    if as_json:
+        out.print_json(data=result) if sys.stdout.isatty() else print(json.dumps(result))
+    else:
+        _render_eval(report)
+        if embedded.skipped:
+            warn(f"{len(embedded.skipped)} unreadable image(s) skipped")
+        if out_file:
+            err.print(f"results written to {out_file}")
+
+
+def _render_eval(report) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{report.n_images} images, {len(report.classnames)} classes, CLIP {report.clip}")
+    table.add_column("prompt", overflow="fold", max_width=60)
+    table.add_column("kind")
+    for col in ("top-1", "top-5", "mean recall"):
+        table.add_column(col, justify="right")
+    if report.base_novel:
+        for col in ("base", "novel", "H"):
+            table.add_column(col, justify="right")
+    table.add_column("Δ vs baseline [95% CI]" + (" (H)" if report.base_novel else " (top-1)"), justify="right")
+    for row in report.rows:
+        cells = [row.name, row.kind, f"{row.acc1:.2f}", f"{row.acc5:.2f}", f"{row.mean_per_class_recall:.2f}"]
+        if report.base_novel:
+            cells += [f"{row.base:.2f}", f"{row.novel:.2f}", f"{row.hm:.2f}"]
+        if row.delta is None:
+            cells.append("—")
+        else:
+            colour = "green" if row.delta_low > 0 else "red" if row.delta_high < 0 else "white"
+            cells.append(f"[{colour}]{row.delta:+.2f}[/] [{row.delta_low:+.2f}, {row.delta_high:+.2f}]")
+        table.add_row(*cells, style="bold" if row.kind == "baseline" else None)
+    out.print(table)
+
+
+# ---- ipo cache --------------------------------------------------------------------
+@cache_app.command("info")
+def cache_info(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
+    """Entries, size and location of each cache."""
+    from ipo_cli import cache
+
+    root = cache.cache_root(cache_dir)
+    stores = cache.info(root)
+    if as_json:
+        print(json.dumps({"root": str(root), "stores": [s.__dict__ for s in stores]}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"ipo cache at {root}")
+    for col in ("store", "entries", "size", "path"):
+        table.add_column(col)
+    for s in stores:
+        table.add_row(s.name, str(s.entries), _human_bytes(s.bytes), s.path)
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: CacheDirOpt = None) -> None:
+    """Delete every cached embedding and caption."""
+    from ipo_cli import cache
+
+    root = cache.cache_root(cache_dir)
+    removed = cache.clear(root)
+    out.print(f"removed {removed} entries from {root}")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2.
+
+    Typer runs in standalone mode, so usage errors and --help exit on their own; what
+    reaches us is the library's IpoError or a bug.
+    """
+    debug = os.environ.get("IPO_DEBUG") == "1"
+    # open_clip and huggingface_hub log through the root logger; we report errors ourselves.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL, format="%(name)s: %(message)s")
+    try:
+        app()
+    except IpoError as exc:
+        if debug:
+            raise
+        fail(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
+        if debug:
+            raise
+        fail(f"unexpected {type(exc).__name__}: {exc} (set IPO_DEBUG=1 for the traceback and report it)")
+        sys.exit(1)

@@ -1,0 +1,55 @@
+"""Terminal output shared by the commands: progress bars, warnings, errors.
+
+Only `cli` uses this module; the library reports progress through plain callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool = False) -> Iterator[Callable[..., None]]:
+    """Yields `advance(n=1, **fields)`; draws a bar on stderr unless quiet or not a TTY."""
+    if quiet or total == 0:
+        yield lambda n=1, **fields: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    ]
+    with Progress(*columns, console=err) as progress:
+        task = progress.add_task(description, total=total, status="")
+
+        def advance(n: int = 1, **fields) -> None:
+            progress.update(task, advance=n, **fields)
+
+        yield advance

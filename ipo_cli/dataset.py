@@ -1,0 +1,284 @@
+"""Labelled image sets: a folder of class folders, `classes.txt`, or a CoOp split file.
+
+Also the two sampling steps of the CoOp protocol that IPO follows: K shots per class
+drawn with a seeded `random.sample`, and the base/novel split of the sorted labels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ipo_cli.errors import IpoError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path
+    label: int
+
+
+@dataclass
+class Dataset:
+    """Images with integer labels indexing `classnames`."""
+
+    classnames: list[str]
+    items: list[ImageItem]
+    root: Path | None = None
+    # Where each class sat in the original class list; kept through subsetting so that
+    # reports can name the original labels.
+    original_labels: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.original_labels:
+            self.original_labels = list(range(len(self.classnames)))
+
+    @property
+    def labels(self) -> list[int]:
+        return [item.label for item in self.items]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [item.path for item in self.items]
+
+    def by_label(self) -> dict[int, list[ImageItem]]:
+        groups: dict[int, list[ImageItem]] = {i: [] for i in range(len(self.classnames))}
+        for item in self.items:
+            groups[item.label].append(item)
+        return groups
+
+    def subset_classes(self, labels: list[int]) -> Dataset:
+        """Only the given classes, relabelled 0..m-1 in the given order (as CoOp does)."""
+        remap = {old: new for new, old in enumerate(labels)}
+        return Dataset(
+            classnames=[self.classnames[i] for i in labels],
+            items=[ImageItem(it.path, remap[it.label]) for it in self.items if it.label in remap],
+            root=self.root,
+            original_labels=[self.original_labels[i] for i in labels],
+        )
+
+    def without(self, paths: set[Path]) -> Dataset:
+        """The same set less some images (for instance those that could not be read)."""
+        return Dataset(
+            self.classnames,
+            [it for it in self.items if it.path not in paths],
+            self.root,
+            list(self.original_labels),
+        )
+
+
+def normalize_name(name: str) -> str:
+    """Case, spaces, `_` and `-` do not distinguish class names."""
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower()).strip()
+
+
+def read_classes(path: Path) -> list[str]:
+    """One class per line; blank lines and `#` comments are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise IpoError(f"classes file {path} does not exist", "pass a text file with one class name per line")
+    names: list[str] = []
+    seen: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        key = normalize_name(name)
+        if key in seen:
+            raise IpoError(
+                f"classes file {path} names the class {name!r} twice (also as {seen[key]!r})",
+                "keep one line per class",
+            )
+        seen[key] = name
+        names.append(name)
+    if not names:
+        raise IpoError(f"classes file {path} names no class", "write one class name per line")
+    return names
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _class_folders(root: Path) -> list[Path]:
+    if not root.exists():
+        raise IpoError(f"images folder {root} does not exist", "pass a folder with one sub-folder per class")
+    if not root.is_dir():
+        raise IpoError(f"{root} is not a folder", "pass a folder with one sub-folder per class")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise IpoError(
+            f"images folder {root} has no class sub-folders",
+            "put each class's images in a sub-folder named after the class",
+        )
+    return folders
+
+
+def load_folder(root: Path, classnames: list[str] | None = None) -> Dataset:
+    """A folder with one sub-folder per class.
+
+    Without `classnames` every sub-folder is a class, its name with `_` read as a space.
+    With them, names match sub-folders case-insensitively, with spaces, `_` and `-` alike.
+    """
+    root = Path(root)
+    folders = _class_folders(root)
+    by_key: dict[str, Path] = {}
+    for folder in folders:
+        by_key.setdefault(normalize_name(folder.name), folder)
+    if classnames is None:
+        classnames = [folder.name.replace("_", " ") for folder in folders]
+    else:
+        missing = [name for name in classnames if normalize_name(name) not in by_key]
+        if missing:
+            raise IpoError(
+                f"no sub-folder of {root} matches the class(es): {', '.join(missing)}",
+                "name each class's folder after it (case, spaces, '_' and '-' do not matter)",
+            )
+        wanted = {normalize_name(name) for name in classnames}
+        extra = [folder.name for folder in folders if normalize_name(folder.name) not in wanted]
+        if extra:
+            raise IpoError(
+                f"sub-folder(s) of {root} match no class in the classes file: {', '.join(extra)}",
+                "add them to the classes file or move them out of the images folder",
+            )
+    items: list[ImageItem] = []
+    empty: list[str] = []
+    for label, name in enumerate(classnames):
+        images = list_images(by_key[normalize_name(name)])
+        if not images:
+            empty.append(name)
+        items.extend(ImageItem(path, label) for path in images)
+    if empty:
+        raise IpoError(
+            f"class(es) with no images in {root}: {', '.join(empty)}",
+            f"add images with one of the extensions {', '.join(sorted(IMAGE_EXTENSIONS))}",
+        )
+    return Dataset(list(classnames), items, root)
+
+
+def load_split(split_file: Path, root: Path, part: str = "train") -> Dataset:
+    """A CoOp split file: {"train"|"val"|"test": [[relative path, label, classname], ...]}."""
+    split_file, root = Path(split_file), Path(root)
+    if not split_file.is_file():
+        raise IpoError(f"split file {split_file} does not exist")
+    try:
+        data = json.loads(split_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IpoError(f"split file {split_file} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or part not in data:
+        raise IpoError(
+            f"split file {split_file} has no {part!r} part",
+            "a CoOp split file is {\"train\": [...], \"val\": [...], \"test\": [...]}",
+        )
+    names: dict[int, str] = {}
+    for split_part in ("train", "val", "test"):
+        for entry in data.get(split_part) or []:
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+                raise IpoError(
+                    f"split file {split_file} has a malformed entry in {split_part!r}: {entry!r}",
+                    "each entry is [relative path, integer label, class name]",
+                )
+            names.setdefault(entry[1], str(entry[2]))
+    if sorted(names) != list(range(len(names))):
+        raise IpoError(f"split file {split_file} does not number its labels 0..n-1")
+    items = [ImageItem(root / entry[0], entry[1]) for entry in data[part]]
+    if not items:
+        raise IpoError(f"the {part!r} part of split file {split_file} is empty")
+    missing = [str(item.path) for item in items if not item.path.is_file()]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise IpoError(
+            f"split file {split_file} points at {len(missing)} missing image(s): {shown}",
+            "pass the dataset's image folder with --images",
+        )
+    classnames = [names[i].replace("_", " ") for i in range(len(names))]
+    return Dataset(classnames, items, root)
+
+
+def few_shot(dataset: Dataset, shots: int, seed: int) -> Dataset:
+    """K images per class, drawn as CoOp does (`random.sample` per label, seeded once)."""
+    if shots < 1:
+        raise IpoError(f"--shots must be at least 1, not {shots}")
+    rng = random.Random(seed)
+    sampled: list[ImageItem] = []
+    for label, items in dataset.by_label().items():
+        if len(items) < shots:
+            raise IpoError(
+                f"--shots {shots} is more than class {dataset.classnames[label]!r} holds ({len(items)} images)",
+                f"use --shots {min(len(v) for v in dataset.by_label().values())} or add images",
+            )
+        sampled.extend(rng.sample(items, shots))
+    return Dataset(dataset.classnames, sampled, dataset.root, list(dataset.original_labels))
+
+
+def base_novel_labels(n_classes: int) -> tuple[list[int], list[int]]:
+    """CoOp's split: of the sorted labels, the first ceil(n/2) are base, the rest novel."""
+    m = math.ceil(n_classes / 2)
+    return list(range(m)), list(range(m, n_classes))
+
+
+def split_base_novel(dataset: Dataset) -> tuple[Dataset, Dataset]:
+    base, novel = base_novel_labels(len(dataset.classnames))
+    return dataset.subset_classes(base), dataset.subset_classes(novel)
+
+
+def load_dataset(
+    images: Path,
+    classes_file: Path | None = None,
+    split_file: Path | None = None,
+    split_part: str = "train",
+) -> Dataset:
+    """The one entry point the commands use: a split file if given, else a class folder."""
+    images = Path(images)
+    if split_file is not None:
+        if not images.is_dir():
+            raise IpoError(f"images folder {images} does not exist")
+        dataset = load_split(split_file, images, split_part)
+        if classes_file is not None:
+            given = [normalize_name(n) for n in read_classes(classes_file)]
+            if given != [normalize_name(n) for n in dataset.classnames]:
+                raise IpoError(
+                    f"classes file {classes_file} does not list the split file's classes in label order",
+                    "leave out --classes with --split; the split file names its classes",
+                )
+        return dataset
+    classnames = read_classes(classes_file) if classes_file is not None else None
+    return load_folder(images, classnames)
+
+
+def load_image(path: Path):
+    """An RGB Pillow image: EXIF orientation applied, transparency composited on white.
+
+    Raises `UnreadableImage` for a file Pillow cannot decode fully (truncated included).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            img.load()
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")
+            if img.mode in ("RGBA", "LA", "PA"):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                return Image.alpha_composite(background, rgba).convert("RGB")
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(path, str(exc) or type(exc).__name__) from None
+
+
+class UnreadableImage(Exception):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

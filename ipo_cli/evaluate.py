@@ -1,0 +1,154 @@
+"""Score prompts on a labelled image set: the engine behind `ipo eval`.
+
+Every prompt is compared with a baseline on the same images, with a paired bootstrap
+interval, so that a gain can be told from noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ipo_cli.dataset import Dataset, base_novel_labels
+from ipo_cli.errors import IpoError
+from ipo_cli.scoring import Prompt, Score, check_template, harmonic_mean, paired_bootstrap, score_prompt
+
+DEFAULT_BASELINE = "a photo of a {}."
+
+
+@dataclass
+class EmbeddedSet:
+    """Image embeddings with their labels; unreadable images are already left out."""
+
+    dataset: Dataset
+    embeddings: np.ndarray
+    labels: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def subset(self, labels: list[int]) -> EmbeddedSet:
+        remap = {old: new for new, old in enumerate(labels)}
+        mask = np.isin(self.labels, labels)
+        return EmbeddedSet(
+            self.dataset.subset_classes(labels),
+            self.embeddings[mask],
+            np.array([remap[int(x)] for x in self.labels[mask]], dtype=np.int64),
+        )
+
+
+def embed_dataset(clip, dataset: Dataset, store=None, progress: Callable[[int], None] | None = None) -> EmbeddedSet:
+    emb, kept, failures = clip.embed_images(dataset.paths, store=store, progress=progress)
+    skipped = [(str(f.path), f.reason) for f in failures]
+    kept_set = set(kept)
+    remaining = Dataset(
+        dataset.classnames,
+        [item for i, item in enumerate(dataset.items) if i in kept_set],
+        dataset.root,
+        list(dataset.original_labels),
+    )
+    empty = [remaining.classnames[label] for label, items in remaining.by_label().items() if not items]
+    if not remaining.items:
+        raise IpoError("none of the images could be read", "check the image files (see the warnings above)")
+    if empty:
+        raise IpoError(
+            f"every image of class(es) {', '.join(empty)} was unreadable",
+            "replace the files listed in the warnings",
+        )
+    return EmbeddedSet(remaining, emb, np.array(remaining.labels, dtype=np.int64), skipped)
+
+
+@dataclass
+class EvalRow:
+    name: str
+    kind: str  # template | ensemble | per-class | baseline
+    acc1: float
+    acc5: float
+    mean_per_class_recall: float
+    loss: float
+    per_class: list[float]
+    delta: float | None = None  # vs baseline: acc1 points, or H points with base/novel
+    delta_low: float | None = None
+    delta_high: float | None = None
+    base: float | None = None
+    novel: float | None = None
+    hm: float | None = None
+
+
+@dataclass
+class EvalReport:
+    clip: str
+    classnames: list[str]
+    n_images: int
+    baseline: str
+    rows: list[EvalRow]
+    base_novel: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """CLIP_benchmark-style `metrics` per prompt, plus ipo's own fields."""
+        out = {
+            "clip": self.clip,
+            "n_images": self.n_images,
+            "n_classes": len(self.classnames),
+            "classnames": self.classnames,
+            "baseline": self.baseline,
+            "base_novel": self.base_novel,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "results": [],
+        }
+        for row in self.rows:
+            d = asdict(row)
+            metrics = {k: d.pop(k) for k in ("acc1", "acc5", "mean_per_class_recall", "loss")}
+            for k in ("base", "novel", "hm"):
+                if d[k] is None:
+                    d.pop(k)
+                else:
+                    metrics[k] = d.pop(k)
+            d["metrics"] = metrics
+            d["per_class"] = dict(zip(self.classnames, row.per_class))
+            out["results"].append(d)
+        return out
+
+
+def evaluate(
+    clip,
+    data: EmbeddedSet,
+    prompts: list[Prompt],
+    baseline: str = DEFAULT_BASELINE,
+    base_novel: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> EvalReport:
+    check_template(baseline, " (--baseline)")
+    base_prompt = Prompt(name=baseline, templates=[baseline])
+    all_prompts = [(p, p.kind) for p in prompts] + [(base_prompt, "baseline")]
+    names = data.dataset.classnames
+    scores: list[Score] = [score_prompt(clip, p, names, data.embeddings, data.labels) for p, _ in all_prompts]
+    split_scores: list[tuple[Score, Score]] = []
+    if base_novel:
+        if len(names) < 2:
+            raise IpoError("--base-novel needs at least two classes")
+        base_l, novel_l = base_novel_labels(len(names))
+        base_set, novel_set = data.subset(base_l), data.subset(novel_l)
+        for p, _ in all_prompts:
+            split_scores.append((
+                score_prompt(clip, p, base_set.dataset.classnames, base_set.embeddings, base_set.labels),
+                score_prompt(clip, p, novel_set.dataset.classnames, novel_set.embeddings, novel_set.labels),
+            ))
+    rows = []
+    ref = scores[-1]
+    for i, ((prompt, kind), score) in enumerate(zip(all_prompts, scores)):
+        row = EvalRow(prompt.name, kind, score.acc1, score.acc5, score.mean_per_class_recall, score.loss, score.per_class)
+        if base_novel:
+            b, n = split_scores[i]
+            row.base, row.novel, row.hm = b.acc1, n.acc1, harmonic_mean(b.acc1, n.acc1)
+        if kind != "baseline":
+            if base_novel:
+                (rb, rn) = split_scores[-1]
+                groups = [(b.correct, rb.correct), (n.correct, rn.correct)]
+                row.delta, row.delta_low, row.delta_high = paired_bootstrap(None, None, n_boot, seed, groups=groups)
+            else:
+                row.delta, row.delta_low, row.delta_high = paired_bootstrap(score.correct, ref.correct, n_boot, seed)
+        rows.append(row)
+    return EvalReport(clip.identity, list(names), len(data.labels), baseline, rows, base_novel, list(data.skipped))

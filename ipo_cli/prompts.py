@@ -1,0 +1,107 @@
+"""Prompt files: what `ipo eval` reads and `ipo optimize` writes.
+
+Three formats are read:
+- a JSON list of templates: `["a photo of a {}.", "a {} texture."]`;
+- a CLIP_benchmark template file: `{"name": ["a photo of a {c}.", ...]}` (templates) or
+  `{"name": {"class": ["sentence", ...]}}` (per-class prompts, CuPL style);
+- ipo's own `prompts.json` (schema below), written by `ipo optimize`.
+
+ipo's schema, version 1 (`"schema": "ipo.prompts/v1"`):
+    {
+      "schema": "ipo.prompts/v1",
+      "name": "fashion",                       # dataset or run name
+      "clip": "ViT-B-16:openai",               # model the scores were measured with
+      "best": "Identify the <CLASS> ...",      # the selected template
+      "prompts": [                             # best first
+        {"template": "...", "rank": 1, "acc1": 71.2, "loss": 1.03, "split": "train",
+         "step": 12},
+        ...
+      ],
+      "meta": {...}                            # free-form: run folder, settings
+    }
+Extra keys are allowed; a reader ignores what it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ipo_cli.errors import IpoError
+from ipo_cli.scoring import Prompt, check_template
+
+SCHEMA = "ipo.prompts/v1"
+
+
+def _templates(items: Any, where: str) -> list[str]:
+    if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+        raise IpoError(f"{where} must be a list of template strings")
+    if not items:
+        raise IpoError(f"{where} has no templates", "add at least one template such as \"a photo of a {}.\"")
+    return [check_template(t, f" in {where}") for t in items]
+
+
+def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
+    """The prompts to evaluate: one per template, and one per ensemble or per-class set."""
+    if isinstance(data, list):
+        templates = _templates(data, source)
+        return _with_ensemble(templates, "ensemble")
+    if not isinstance(data, dict) or not data:
+        raise IpoError(
+            f"{source} holds no templates",
+            "give a JSON list of templates, a CLIP_benchmark template file or an ipo prompts.json",
+        )
+    if str(data.get("schema", "")).startswith("ipo.prompts/"):
+        if data["schema"] != SCHEMA:
+            raise IpoError(f"{source} has schema {data['schema']!r}; this ipo reads {SCHEMA}", "upgrade ipo")
+        entries = data.get("prompts")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and "template" in e for e in entries):
+            raise IpoError(f"{source} lists no prompts", "its 'prompts' must be a list of {\"template\": ...}")
+        templates = _templates([e["template"] for e in entries], source)
+        return _with_ensemble(templates, f"{data.get('name') or 'ipo'} ensemble")
+    prompts: list[Prompt] = []
+    for name, value in data.items():
+        if isinstance(value, list):
+            prompts.extend(_with_ensemble(_templates(value, f"{source} [{name}]"), name))
+        elif isinstance(value, dict):
+            per_class: dict[str, list[str]] = {}
+            for classname, sentences in value.items():
+                if isinstance(sentences, str):
+                    sentences = [sentences]
+                if not isinstance(sentences, list) or not sentences or not all(isinstance(s, str) for s in sentences):
+                    raise IpoError(f"{source} [{name}][{classname}] must be a non-empty list of sentences")
+                per_class[classname] = sentences
+            if not per_class:
+                raise IpoError(f"{source} [{name}] has no classes")
+            prompts.append(Prompt(name=name, per_class=per_class))
+        else:
+            raise IpoError(
+                f"{source} [{name}] is neither a list of templates nor a mapping of class to sentences"
+            )
+    return prompts
+
+
+def _with_ensemble(templates: list[str], ensemble_name: str) -> list[Prompt]:
+    rows = [Prompt(name=t, templates=[t]) for t in dict.fromkeys(templates)]
+    if len(rows) > 1:
+        rows.append(Prompt(name=ensemble_name, templates=list(dict.fromkeys(templates))))
+    return rows
+
+
+def read_prompts(path: Path) -> list[Prompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise IpoError(f"prompts file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IpoError(f"prompts file {path} is not valid JSON: {exc}") from None
+    return parse_prompts(data, f"prompts file {path}")
+
+
+def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
+    """The CLIP_benchmark template file for these templates (`{c}` placeholders)."""
+    from ipo_cli.scoring import fill
+
+    return {name: [fill(t, "{c}") for t in templates]}

@@ -1,0 +1,309 @@
+"""CLIP through open_clip: load a model, embed images (cached on disk), encode texts fast.
+
+`--clip` takes an open_clip pretrained tag (`ViT-B-16:openai`), `hf-hub:ORG/NAME`, an
+architecture name with `--clip-weights FILE` (a local checkpoint), or a model config
+JSON file (a custom architecture, random weights unless a checkpoint is given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipo_cli.cache import Store, key_of, sha256_file
+from ipo_cli.dataset import UnreadableImage, load_image
+from ipo_cli.errors import IpoError, close_matches
+
+DEFAULT_CLIP = "ViT-B-16:openai"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What to load. `identity` names the weights exactly, for cache keys and run configs."""
+
+    arch: str
+    pretrained: str | None = None  # an open_clip tag
+    weights: Path | None = None  # a local checkpoint file
+    hf_hub: str | None = None  # "ORG/NAME"
+    config: Path | None = None  # a model config JSON file
+    identity: str = ""
+
+
+def parse_clip(model: str, weights: Path | str | None = None) -> ClipSpec:
+    """Turn `--clip` / `--clip-weights` into a ClipSpec, checking names against open_clip."""
+    import open_clip
+
+    model = model.strip()
+    weights = Path(weights) if weights else None
+    if weights is not None and not weights.is_file():
+        raise IpoError(f"checkpoint file {weights} does not exist", "pass the path of a saved open_clip state dict")
+    if model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:"):]
+        if repo.count("/") != 1:
+            raise IpoError(f"--clip {model!r} is not of the form hf-hub:ORG/NAME")
+        return ClipSpec(arch=model, hf_hub=repo, identity=model)
+    config = None
+    if model.endswith(".json"):
+        config = Path(model)
+        if not config.is_file():
+            raise IpoError(f"model config {config} does not exist")
+        try:
+            cfg = json.loads(config.read_text())
+            assert "embed_dim" in cfg and "vision_cfg" in cfg and "text_cfg" in cfg
+        except (json.JSONDecodeError, AssertionError):
+            raise IpoError(
+                f"model config {config} is not an open_clip model config",
+                "it needs embed_dim, vision_cfg and text_cfg, like open_clip's model_configs/*.json",
+            ) from None
+        open_clip.add_model_config(config)
+        arch = config.stem
+    else:
+        arch, _, tag = model.partition(":")
+        if arch not in open_clip.list_models():
+            raise IpoError(
+                f"unknown CLIP model {arch!r}." + close_matches(arch, open_clip.list_models()),
+                "see open_clip.list_models() / open_clip.list_pretrained() for names",
+            )
+        if tag and weights is None:
+            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+            if tag not in tags:
+                raise IpoError(
+                    f"open_clip has no pretrained weights {tag!r} for {arch}."
+                    + close_matches(tag, tags),
+                    f"known tags for {arch}: {', '.join(tags) or 'none'}",
+                )
+            return ClipSpec(arch=arch, pretrained=tag, identity=f"{arch}:{tag}")
+        if tag and weights is not None:
+            raise IpoError("give either a pretrained tag (--clip ARCH:TAG) or --clip-weights, not both")
+    if weights is not None:
+        return ClipSpec(arch=arch, weights=weights, config=config,
+                        identity=f"{arch}:sha256={sha256_file(weights)[:16]}")
+    if config is not None:
+        # Random weights with a fixed seed: reproducible, so still cacheable.
+        return ClipSpec(arch=arch, config=config, identity=f"{arch}:random-seed0:{key_of(config.read_text())[:16]}")
+    raise IpoError(
+        f"--clip {model!r} names an architecture but no weights",
+        f"use a pretrained tag such as {arch}:openai, or add --clip-weights FILE",
+    )
+
+
+class ClipModel:
+    """A loaded open_clip model with cached image embedding and fast text encoding."""
+
+    def __init__(self, spec: ClipSpec, model, preprocess, tokenizer):
+        import open_clip
+        import torch
+
+        self.spec = spec
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.logit_scale = float(model.logit_scale.exp().item())
+        self.preprocess_id = str(preprocess)
+        self.identity = spec.identity
+        self.open_clip_version = open_clip.__version__
+        self._text_memo: dict[str, "torch.Tensor"] = {}
+        self.can_trim = (
+            type(model).__name__ == "CLIP"
+            and getattr(model, "attn_mask", None) is not None
+            and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
+        )
+        self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
+
+    # ---- images -------------------------------------------------------------------
+    def image_key(self, file_sha: str) -> str:
+        return "img:" + key_of(file_sha, self.identity, self.preprocess_id, self.open_clip_version)
+
+    def embed_images(
+        self,
+        paths: Sequence[Path],
+        store: Store | None = None,
+        batch_size: int = 32,
+        progress: Callable[[int], None] | None = None,
+    ):
+        """Normalised float32 embeddings (N, D) of the readable images, and the failures.
+
+        Returns (embeddings, kept, failures): `kept` indexes `paths`, `failures` is a list
+        of UnreadableImage. Embeddings are stored as float16, and fresh ones are rounded
+        the same way, so a warm run gives exactly the numbers of a cold one.
+        """
+        import numpy as np
+        import torch
+
+        results: dict[int, np.ndarray] = {}
+        keys: dict[int, str] = {}
+        todo: list[int] = []
+        for i, path in enumerate(paths):
+            try:
+                keys[i] = self.image_key(sha256_file(path))
+            except OSError as exc:
+                keys[i] = ""
+                todo.append(i)
+                continue
+            cached = store.get_array(keys[i]) if store is not None else None
+            if cached is not None and cached.ndim == 1:
+                results[i] = cached.astype(np.float32)
+                self.stats["images_cached"] += 1
+                if progress:
+                    progress(1)
+            else:
+                todo.append(i)
+        failures: list[UnreadableImage] = []
+        for start in range(0, len(todo), batch_size):
+            batch_idx, tensors = [], []
+            for i in todo[start:start + batch_size]:
+                try:
+                    tensors.append(self.preprocess(load_image(paths[i])))
+                    batch_idx.append(i)
+                except UnreadableImage as exc:
+                    failures.append(exc)
+            if tensors:
+                with torch.inference_mode():
+                    feats = self.model.encode_image(torch.stack(tensors))
+                    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+                half = feats.numpy().astype(np.float16)
+                for row, i in enumerate(batch_idx):
+                    results[i] = half[row].astype(np.float32)
+                    if store is not None and keys[i]:
+                        store.set_array(keys[i], half[row])
+                self.stats["images_computed"] += len(batch_idx)
+            if progress:
+                progress(len(todo[start:start + batch_size]))
+        kept = sorted(results)
+        dim = self.embed_dim
+        emb = np.stack([results[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
+        return emb, kept, failures
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.encode_texts(["a"]).shape[1])
+
+    # ---- texts --------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]):
+        return self.tokenizer(list(texts))
+
+    def token_count(self, text: str) -> int:
+        """Tokens including start and end markers, without truncation (CLIP allows 77)."""
+        encode = getattr(self.tokenizer, "encode", None)
+        if callable(encode):
+            try:
+                return len(encode(text)) + 2
+            except Exception:  # noqa: BLE001 - HF tokenizers differ; fall through
+                pass
+        return int((self.tokenize([text])[0] != 0).sum())
+
+    def encode_texts(self, texts: Sequence[str], trim: bool = True):
+        """Normalised float32 text embeddings (n, D), memoised per text."""
+        import torch
+
+        todo = list(dict.fromkeys(t for t in texts if t not in self._text_memo))
+        for start in range(0, len(todo), 256):
+            chunk = todo[start:start + 256]
+            tokens = self.tokenize(chunk)
+            with torch.inference_mode():
+                if trim and self.can_trim:
+                    feats = encode_text_trimmed(self.model, tokens)
+                else:
+                    feats = self.model.encode_text(tokens)
+                feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+            for text, row in zip(chunk, feats):
+                self._text_memo[text] = row
+            self.stats["texts_encoded"] += len(chunk)
+        if not texts:
+            return torch.zeros((0, 0)).numpy()
+        return torch.stack([self._text_memo[t] for t in texts]).numpy()
+
+    def encode_texts_padded(self, texts: Sequence[str]):
+        """The reference path: open_clip's own encode_text over all 77 positions, no memo."""
+        import torch
+
+        with torch.inference_mode():
+            feats = self.model.encode_text(self.tokenize(texts))
+            return torch.nn.functional.normalize(feats.float(), dim=-1).numpy()
+
+
+def encode_text_trimmed(model, tokens):
+    """open_clip's CLIP.encode_text over only the positions up to the longest prompt.
+
+    The text transformer is causal, so the output at the end-of-text token never sees
+    the padding after it: cutting the padding changes nothing but the cost.
+    """
+    from open_clip.transformer import text_global_pool
+
+    if model.text_pool_type == "eos":
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    else:
+        ends = tokens.argmax(dim=-1)
+    length = int(ends.max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        import torch.nn as nn
+
+        x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
+    return x
+
+
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+    "xavier_uniform_", "xavier_normal_", "orthogonal_", "constant_", "zeros_", "ones_",
+)
+
+
+@contextlib.contextmanager
+def _skip_weight_init():
+    import torch
+
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def load_clip(spec: ClipSpec, device: str = "cpu") -> ClipModel:
+    """Load the model once; errors about missing or broken weights are one line."""
+    import open_clip
+    import torch
+
+    if spec.hf_hub:
+        pretrained_arg, name = None, f"hf-hub:{spec.hf_hub}"
+    else:
+        name = spec.arch
+        pretrained_arg = str(spec.weights) if spec.weights else spec.pretrained
+    random_weights = spec.weights is None and spec.pretrained is None and spec.hf_hub is None
+    if random_weights:
+        torch.manual_seed(0)
+    try:
+        # Random initialisation is wasted work when a checkpoint overwrites every
+        # parameter (open_clip loads strictly): it is most of the load time.
+        with contextlib.nullcontext() if random_weights else _skip_weight_init():
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained_arg, device=device
+            )
+        tokenizer = open_clip.get_tokenizer(name)
+    except Exception as exc:  # noqa: BLE001 - open_clip raises many kinds; we reword them
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if spec.weights is not None:
+            raise IpoError(
+                f"checkpoint {spec.weights} could not be loaded as {spec.arch}: {first}",
+                "pass an open_clip state dict saved for that architecture",
+            ) from None
+        offline = any(w in first.lower() for w in ("connection", "offline", "local cache", "resolve", "urlopen"))
+        raise IpoError(
+            f"CLIP weights {spec.identity} are not on disk and could not be downloaded"
+            + (" (no connection to the model hub)" if offline else f": {first[:160]}"),
+            "connect to the internet once to download them, or pass --clip ARCH --clip-weights FILE",
+        ) from None
+    return ClipModel(spec, model, preprocess, tokenizer)

@@ -1,0 +1,101 @@
+"""Shared fixtures: real images, real open_clip models with random weights, a private cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# huggingface_hub reads this once, at import: the tests never reach for the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+TINY_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache and model store, never the user's."""
+    base = tmp_path_factory.mktemp("ipo-home")
+    monkeypatch.setenv("IPO_CACHE_DIR", str(base / "cache"))
+    monkeypatch.setenv("IPO_HOME", str(base / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("IPO_DEBUG", raising=False)
+    return base
+
+
+@pytest.fixture(scope="session")
+def fashion_train(tmp_path_factory) -> Path:
+    """Real Fashion-MNIST photos: 10 classes x 6 images, with classes.txt."""
+    from fashion_mnist import export
+
+    return export(tmp_path_factory.mktemp("fashion") / "train", "train", per_class=6)
+
+
+@pytest.fixture(scope="session")
+def fashion_test(tmp_path_factory) -> Path:
+    from fashion_mnist import export
+
+    return export(tmp_path_factory.mktemp("fashion") / "test", "test", per_class=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "tiny-clip.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_config) -> Path:
+    """Random weights of the tiny architecture, saved as a user's checkpoint would be."""
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(tiny_config)
+    torch.manual_seed(1)
+    model = open_clip.create_model(tiny_config.stem, pretrained=None)
+    path = tiny_config.parent / "tiny-clip.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_config, tiny_checkpoint):
+    from ipo_cli import vision
+
+    return vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+
+
+@pytest.fixture(scope="session")
+def vitb32(tmp_path_factory):
+    """The real ViT-B-32 architecture with random weights, loaded from a checkpoint file."""
+    import open_clip
+    import torch
+
+    from ipo_cli import vision
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    path = tmp_path_factory.mktemp("vitb32") / "vit-b-32-random.pt"
+    torch.save(model.state_dict(), path)
+    return vision.load_clip(vision.parse_clip("ViT-B-32", path))
+
+
+def run_ipo(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real command in a subprocess, as a user runs it."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "ipo_cli", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600,
+    )

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from ipo_cli import cache, vision
+from ipo_cli.errors import IpoError
+
+PET_PROMPTS = [f"a photo of a {c}, a type of pet." for c in (
+    "abyssinian", "american bulldog", "basset hound", "beagle", "bengal", "birman", "bombay",
+    "british shorthair", "egyptian mau", "english cocker spaniel", "great pyrenees", "keeshond",
+    "staffordshire bull terrier", "wheaten terrier", "yorkshire terrier", "pug")]
+
+
+def test_trimmed_text_encoding_matches_open_clip_padded(vitb32):
+    texts = PET_PROMPTS + ["a", "Identify the unique visual features of the sunflower flower accurately."]
+    assert vitb32.can_trim
+    padded = vitb32.encode_texts_padded(texts)
+    trimmed = vitb32.encode_texts(texts)
+    assert trimmed.shape == padded.shape == (len(texts), 512)
+    assert np.abs(trimmed - padded).max() < 1e-4
+
+
+def test_text_embeddings_are_memoised(tiny_clip):
+    before = tiny_clip.stats["texts_encoded"]
+    tiny_clip.encode_texts(["memo one", "memo two", "memo one"])
+    tiny_clip.encode_texts(["memo two"])
+    assert tiny_clip.stats["texts_encoded"] - before == 2
+
+
+def test_token_count_includes_start_and_end(vitb32):
+    assert vitb32.token_count("a photo") == 4
+    assert vitb32.token_count("word " * 100) == 102
+
+
+def test_second_embedding_run_computes_nothing(tiny_config, tiny_checkpoint, fashion_train, tmp_path):
+    paths = sorted(fashion_train.rglob("*.png"))[:12]
+    store = cache.Store(tmp_path, "embeddings")
+    first = vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+    emb1, kept, failures = first.embed_images(paths, store)
+    assert first.stats["images_computed"] == 12 and not failures
+    second = vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+    emb2, _, _ = second.embed_images(paths, store)
+    assert second.stats == {"images_computed": 0, "images_cached": 12, "texts_encoded": second.stats["texts_encoded"]}
+    assert np.array_equal(emb1, emb2)
+    assert np.allclose(np.linalg.norm(emb1, axis=1), 1, atol=1e-2)
+
+
+def test_other_weights_do_not_share_cache_entries(tiny_config, tiny_checkpoint, fashion_train, tmp_path):
+    import torch
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["logit_scale"] = state["logit_scale"] + 1
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    a = vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+    b = vision.load_clip(vision.parse_clip(str(tiny_config), other))
+    assert a.identity != b.identity
+    sha = cache.sha256_file(next(fashion_train.rglob("*.png")))
+    assert a.image_key(sha) != b.image_key(sha)
+
+
+def test_unreadable_images_are_skipped_and_named(tiny_clip, fashion_train, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    good = sorted(fashion_train.rglob("*.png"))[:2]
+    emb, kept, failures = tiny_clip.embed_images([good[0], bad, good[1]])
+    assert kept == [0, 2] and emb.shape[0] == 2
+    assert [f.path for f in failures] == [bad]
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(IpoError, match="unknown CLIP model 'ViT-B-61'.*Did you mean: ViT-B-16"):
+        vision.parse_clip("ViT-B-61:openai")
+    with pytest.raises(IpoError, match="no pretrained weights 'opanai'.*openai"):
+        vision.parse_clip("ViT-B-16:opanai")
+    with pytest.raises(IpoError, match="no weights"):
+        vision.parse_clip("ViT-B-16")
+    with pytest.raises(IpoError, match="does not exist"):
+        vision.parse_clip("ViT-B-16", "/no/such/file.pt")
+
+
+def test_corrupt_checkpoint_is_one_line_error(tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(IpoError, match="could not be loaded as ViT-B-32") as info:
+        vision.load_clip(vision.parse_clip("ViT-B-32", bad))
+    assert "\n" not in str(info.value)
+
+
+def test_weights_not_on_disk_say_how_to_get_them():
+    # HF_HUB_OFFLINE=1 (set for every test) makes the hub fail at once, as it does offline
+    with pytest.raises(IpoError, match="not on disk.*--clip-weights"):
+        vision.load_clip(vision.parse_clip("ViT-B-32:openai"))
