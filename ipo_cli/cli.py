@@ -28,6 +28,8 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="The on-disk caches of image embeddings and captions.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+models_app = typer.Typer(help="The local model store: list, pull, add, rm, path.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 # ---- options shared by several commands -------------------------------------------
 ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).")]
@@ -127,6 +129,159 @@ def _render_eval(report) -> None:
             cells.append(f"[{colour}]{row.delta:+.2f}[/] [{row.delta_low:+.2f}, {row.delta_high:+.2f}]")
         table.add_row(*cells, style="bold" if row.kind == "baseline" else None)
     out.print(table)
+
+
+# ---- ipo models -------------------------------------------------------------------
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """Catalogue and local models, installed or not, with sizes."""
+    from ipo_cli import catalogue
+
+    rows = catalogue.list_models()
+    if as_json:
+        print(json.dumps([r.__dict__ for r in rows]))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"models (store: {catalogue.models_dir()})")
+    for col in ("name", "kind", "installed", "size", "handler"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("when to choose it", overflow="fold")
+    for r in rows:
+        table.add_row(r.name, r.kind, "[green]yes[/]" if r.installed else "no",
+                      _human_bytes(r.size) if r.size else "?", r.handler or "", r.note)
+    out.print(table)
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="A catalogue name (see ipo models list).")]) -> None:
+    """Download a catalogue model with a progress bar, resumably, and verify its checksum."""
+    from ipo_cli import catalogue
+
+    model = _pull_with_progress(name)
+    out.print(f"pulled {name}: " + ", ".join(f"{role} {r['path']} ({_human_bytes(r['size'])})" for role, r in model.files.items()))
+
+
+def _pull_with_progress(name: str):
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from ipo_cli import catalogue
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=err) as progress:
+        def factory(filename: str, total: int | None):
+            task = progress.add_task(filename, total=total)
+
+            def update(done: int, total_: int | None) -> None:
+                progress.update(task, completed=done, total=total_)
+
+            return update
+
+        return catalogue.pull(name, factory)
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="Name to register the model under.")],
+    file: Annotated[Path, typer.Option("--file", help="The model's GGUF file (it stays where it is).")],
+    kind: Annotated[str, typer.Option("--kind", help="llm or lmm.")],
+    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF of a multimodal model.")] = None,
+    handler: Annotated[Optional[str], typer.Option("--handler", help="llama-cpp-python chat handler of an lmm.")] = None,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context size to load it with.")] = 4096,
+) -> None:
+    """Register a GGUF file you already have."""
+    from ipo_cli import catalogue
+
+    model = catalogue.add_model(name, file, kind, mmproj, handler, n_ctx)
+    out.print(f"added {name} ({model.kind}, {_human_bytes(sum(f['size'] for f in model.files.values()))})")
+
+
+@models_app.command("rm")
+def models_rm(name: Annotated[str, typer.Argument(help="An installed model.")]) -> None:
+    """Forget a model; files that ipo downloaded are deleted, files you added are kept."""
+    from ipo_cli import catalogue
+
+    model = catalogue.remove(name)
+    out.print(f"removed {name}" + (" and its files" if model.source == "catalogue" else " (your files are kept)"))
+
+
+@models_app.command("path")
+def models_path(name: Annotated[str, typer.Argument(help="An installed model.")]) -> None:
+    """Print the path of an installed model's GGUF file (and its projector)."""
+    from ipo_cli import catalogue
+
+    installed = catalogue.Manifest().load()
+    if name not in installed:
+        catalogue.resolve(name, catalogue.load_catalogue()[name].kind if name in catalogue.load_catalogue() else "llm")
+    model = installed[name]
+    print(model.path)
+    if model.mmproj:
+        print(model.mmproj)
+
+
+# ---- ipo describe -----------------------------------------------------------------
+@app.command("describe")
+def describe_cmd(
+    images: Annotated[Path, typer.Argument(help="A folder of class folders, or a flat folder of images.")],
+    classes: ClassesOpt = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Catalogue name, installed name or GGUF file of the multimodal model.")] = None,
+    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.")] = None,
+    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf (default mtmd).")] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.")] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.")] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.")] = 160,
+    cache_dir: CacheDirOpt = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the captions as JSON lines to this file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Caption images with a multimodal model (cached), redacting class names."""
+    from ipo_cli import cache, dataset as ds, describe
+
+    paths, labels, classnames = _describe_inputs(images, classes)
+    settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
+    with err.status("loading the multimodal model"):
+        backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model)
+    captioner = describe.Captioner(backend, cache.Store(cache.cache_root(cache_dir), "captions"), settings)
+    with progress_bar("captioning", len(paths), quiet=as_json) as advance:
+        report = captioner.caption(paths, classnames, labels, progress=advance)
+    for path, reason in report.failed:
+        warn(f"could not caption {path}: {reason}")
+    lines = report.to_json_lines()
+    if out_file:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        out_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if as_json:
+        for line in lines:
+            print(json.dumps(line))
+        print(json.dumps({"summary": report.summary(), "failed": [{"path": p, "reason": r} for p, r in report.failed]}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"captions by {report.model}")
+    table.add_column("image", overflow="fold")
+    table.add_column("class")
+    table.add_column("caption", overflow="fold")
+    for c in report.captions:
+        table.add_row(Path(c.path).name, c.label or "", c.caption)
+    out.print(table)
+    s = report.summary()
+    out.print(f"captioned {s['captioned']} ({s['from_cache']} from cache), failed {s['failed']}, "
+              f"class names redacted {s['redactions']} time(s)" + (f"; written to {out_file}" if out_file else ""))
+
+
+def _describe_inputs(images: Path, classes: Optional[Path]):
+    """Paths, their class labels (if any) and the class names to redact."""
+    from ipo_cli import dataset as ds
+
+    if not images.is_dir():
+        raise IpoError(f"images folder {images} does not exist")
+    flat = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in ds.IMAGE_EXTENSIONS)
+    if flat:
+        classnames = ds.read_classes(classes) if classes else []
+        return flat, [None] * len(flat), classnames
+    data = ds.load_dataset(images, classes)
+    return data.paths, [data.classnames[l] for l in data.labels], data.classnames
 
 
 # ---- ipo cache --------------------------------------------------------------------

