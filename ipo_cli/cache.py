@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STORES = ("embeddings", "captions")
+STORES = ("embeddings", "captions", "generations")
 
 
 def cache_root(override: Path | str | None = None) -> Path:

@@ -131,6 +131,167 @@ def _render_eval(report) -> None:
     out.print(table)
 
 
+# ---- ipo optimize -----------------------------------------------------------------
+@app.command("optimize")
+def optimize_cmd(
+    images: Annotated[Optional[Path], typer.Argument(help="Folder with one sub-folder per class (or the image root of --split).")] = None,
+    classes: ClassesOpt = None,
+    split: SplitOpt = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class (paper: 1).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the few-shot sample and of every LLM sample.")] = None,
+    base_novel: Annotated[Optional[bool], typer.Option("--base-novel/--all-classes", help="Optimise on the base half of the classes, then report base/novel/H on held-out images.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (paper: 100).")] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="New prompts per step (paper: 5).")] = None,
+    history: Annotated[Optional[int], typer.Option("--history", min=0, help="Best earlier prompts shown to the LLM (paper: 20).")] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", min=1, help="Stop after this many steps without improvement.")] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Preset steps x candidates: light (10x4), medium (30x5), heavy (100x8).")] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="LLM: catalogue or installed name, or a GGUF file (default: the catalogue's default).")] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.")] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name to send to --llm-url.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context size for the LLM (default: the model's catalogue value).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="LLM sampling temperature (paper: 1.0).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest answer, in tokens.")] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Multimodal model for image descriptions: name, GGUF file, or none.")] = None,
+    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.")] = None,
+    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf.")] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server for descriptions.")] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (default ViT-B-16:openai), as for ipo eval.")] = None,
+    clip_weights: ClipWeightsOpt = None,
+    task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".')] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.")] = None,
+    test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.")] = False,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find a better prompt template with an LLM in the loop (IPO)."""
+    import datetime as dt
+
+    from ipo_cli import job
+
+    given = {"images": str(images) if images else None, "classes": _s(classes), "split": _s(split), "shots": shots,
+             "seed": seed, "base_novel": base_novel, "steps": steps, "candidates": candidates, "history": history,
+             "patience": patience, "temperature": temperature, "max_tokens": max_tokens, "task_hint": task_hint,
+             "select": select, "llm": llm, "llm_url": llm_url, "llm_model": llm_model, "n_ctx": n_ctx, "lmm": lmm,
+             "mmproj": _s(mmproj), "handler": handler, "lmm_url": lmm_url, "lmm_model": lmm_model, "clip": clip,
+             "clip_weights": _s(clip_weights), "test_images": _s(test_images)}
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume is not None:
+        from ipo_cli.runs import RunFolder
+
+        _, config = RunFolder.open(resume)
+        base = dict(config.get("request", {}))
+        if budget:
+            given.update(zip(("steps", "candidates"), job.BUDGETS.get(budget, (None, None))))
+        request = job.Request.from_dict({**base, **given})
+        out_path = resume
+    else:
+        if images is None:
+            raise IpoError("missing the images folder", "ipo optimize IMAGES --classes classes.txt, or --resume DIR")
+        request = job.apply_budget(job.Request.from_dict(given), budget)
+        if budget and (steps or candidates):
+            request.steps = steps or request.steps
+            request.candidates = candidates or request.candidates
+        out_path = out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{images.resolve().name}"
+    reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
+    try:
+        summary = job.run(request, out_path, resume=resume is not None, force=force, offline=offline,
+                          cache_dir=cache_dir, reporter=reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _render_summary(summary)
+    if summary["interrupted"]:
+        fail(f"stopped; continue with: ipo optimize --resume {summary['run']}")
+        raise typer.Exit(130)
+
+
+def _s(path) -> Optional[str]:
+    return str(path) if path is not None else None
+
+
+class _OptimizeReporter:
+    """Renders the job's progress with rich: the plan, bars, and one bar over the steps."""
+
+    def __init__(self, quiet: bool, total: int):
+        self.quiet, self.total = quiet, total
+        self._steps = None
+
+    def plan(self, plan: dict) -> None:
+        if self.quiet:
+            return
+        err.print(
+            f"[bold]plan[/]: {plan['train_images']} training images ({plan['shots']} per class, "
+            f"{plan['train_classes']} of {plan['classes']} classes), {plan['steps']} steps x "
+            f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls, "
+            f"{plan['captions']} image descriptions\n      LLM {plan['llm']}, LMM {plan['lmm']}, "
+            f"CLIP {plan['clip']}; run folder {plan['out']}", highlight=False)
+
+    def status(self, message: str):
+        import contextlib
+
+        return contextlib.nullcontext() if self.quiet else err.status(message)
+
+    def progress(self, description: str, total: int):
+        return progress_bar(description, total, quiet=self.quiet)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def pull(self, name: str, size) -> None:
+        if not self.quiet:
+            err.print(f"pulling {name} ({_human_bytes(size) if size else 'size unknown'}), needed on first use")
+        _pull_with_progress(name)
+
+    def step(self, summary: dict, state) -> None:
+        if self.quiet:
+            return
+        if self._steps is None:
+            self._bar = progress_bar("optimizing", self.total)
+            self._steps = self._bar.__enter__()
+        if summary["step"] == 0:
+            return
+        self._steps(1, status=f"best {summary['best_accuracy']:.2f}% | reused {summary['reused_tokens']}"
+                              f"/{summary['prompt_tokens']} prompt tokens")
+
+    def close(self) -> None:
+        if self._steps is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def _render_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="ipo optimize", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    b, base = summary["best"], summary["baseline"]
+    table.add_row("best prompt", b["template"])
+    table.add_row("train accuracy / loss", f"{b['accuracy']:.2f} / {b['loss']:.3f}")
+    table.add_row("baseline", f"{base['template']}: {base['accuracy']:.2f} / {base['loss']:.3f}")
+    table.add_row("gain", f"{summary['gain']:+.2f} points")
+    if "base_novel" in summary:
+        bn = summary["base_novel"]
+        table.add_row("test base / novel / H", f"{bn['best']['base']:.2f} / {bn['best']['novel']:.2f} / {bn['best']['hm']:.2f}"
+                      f" (baseline {bn['baseline']['hm']:.2f}; ΔH {bn['hm_delta']:+.2f} "
+                      f"[{bn['hm_delta_ci'][0]:+.2f}, {bn['hm_delta_ci'][1]:+.2f}])")
+    tokens = summary["tokens"]
+    table.add_row("steps", f"{summary['steps']}" + (" (stopped early: no improvement)" if summary["stopped_early"] else ""))
+    table.add_row("LLM calls", f"{summary['llm_calls']} ({summary['llm_calls_cached']} from cache), "
+                  f"{summary['valid_candidates']} valid prompts")
+    table.add_row("tokens", f"{tokens['prompt_tokens']} prompt ({tokens['reused_tokens']} reused), "
+                  f"{tokens['completion_tokens']} generated")
+    table.add_row("time", f"{summary['seconds']:.1f} s")
+    table.add_row("run folder", summary["run"])
+    out.print(table)
+
+
 # ---- ipo models -------------------------------------------------------------------
 @models_app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:

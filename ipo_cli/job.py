@@ -1,0 +1,290 @@
+"""`ipo optimize` as a library call: wires dataset, CLIP, captions, the LLM, the loop and
+the run folder together. The CLI only gathers a `Request` and renders what `Reporter`
+callbacks and the returned summary tell it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ipo_cli import __version__
+from ipo_cli.errors import IpoError
+from ipo_cli.optimizer import BUDGETS, LoopSettings
+
+
+@dataclass
+class Request:
+    """Everything a user can set; stored in config.json so that --resume alone suffices."""
+
+    images: str
+    classes: str | None = None
+    split: str | None = None
+    shots: int = 1
+    seed: int = 1
+    base_novel: bool = False
+    steps: int = 100
+    candidates: int = 5
+    history: int = 20
+    patience: int = 20
+    temperature: float = 1.0
+    max_tokens: int = 64
+    task_hint: str | None = None
+    select: str = "train"
+    llm: str | None = None
+    llm_url: str | None = None
+    llm_model: str | None = None
+    n_ctx: int | None = None
+    lmm: str | None = None
+    mmproj: str | None = None
+    handler: str | None = None
+    lmm_url: str | None = None
+    lmm_model: str | None = None
+    clip: str = "ViT-B-16:openai"
+    clip_weights: str | None = None
+    test_images: str | None = None
+
+    # settings that must not change on resume (all of them but where results go)
+    def settings(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Request:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def apply_budget(request: Request, budget: str | None) -> Request:
+    if budget:
+        if budget not in BUDGETS:
+            raise IpoError(f"--budget must be one of {', '.join(BUDGETS)}, not {budget!r}")
+        request.steps, request.candidates = BUDGETS[budget]
+    return request
+
+
+class Reporter:
+    """Callbacks the job uses to talk to its user; the defaults say nothing."""
+
+    def plan(self, plan: dict) -> None: ...
+
+    def status(self, message: str):
+        return contextlib.nullcontext()
+
+    def progress(self, description: str, total: int):
+        return contextlib.nullcontext(lambda n=1, **kw: None)
+
+    def warn(self, message: str) -> None: ...
+
+    def pull(self, name: str, size: int | None) -> Any:
+        from ipo_cli import catalogue
+
+        return catalogue.pull(name)
+
+    def step(self, summary: dict, state) -> None: ...
+
+
+def _ensure_pulled(name: str, kind: str, offline: bool, reporter: Reporter) -> None:
+    """Pull a default model on first use, as open_clip and ollama do (not when offline)."""
+    from ipo_cli import catalogue
+
+    if name in catalogue.Manifest().load():
+        return
+    entry = catalogue.load_catalogue()[name]
+    if offline or catalogue.offline():
+        raise IpoError(f"the default {kind} {name!r} is not installed and ipo is offline",
+                       f"run: ipo models pull {name} (when online), or pass --{kind} FILE.gguf")
+    reporter.pull(name, entry.size)
+
+
+def _sample(request: Request):
+    """Training (and validation) images as the CoOp protocol draws them."""
+    from ipo_cli import dataset as ds
+
+    full = ds.load_dataset(Path(request.images), Path(request.classes) if request.classes else None,
+                           Path(request.split) if request.split else None, "train")
+    if len(full.classnames) < 2:
+        raise IpoError(f"{request.images} has {len(full.classnames)} class; prompt optimisation needs at least two")
+    base_labels = list(range(len(full.classnames)))
+    if request.base_novel:
+        base_labels, _ = ds.base_novel_labels(len(full.classnames))
+        if len(base_labels) < 2:
+            raise IpoError("--base-novel leaves fewer than two base classes", "use at least four classes")
+    pool = full.subset_classes(base_labels)
+    train = ds.few_shot(pool, request.shots, request.seed)
+    val = None
+    if request.select == "val":
+        k = min(request.shots, 4)
+        if request.split:
+            val_pool = ds.load_split(Path(request.split), Path(request.images), "val").subset_classes(base_labels)
+        else:
+            val_pool = pool.without(set(train.paths))
+        try:
+            val = ds.few_shot(val_pool, k, request.seed)
+        except IpoError as exc:
+            raise IpoError(f"not enough images left for the validation sample of --select val: {exc.message}",
+                           "add images or use --select train") from None
+    return full, train, val
+
+
+def _test_set(request: Request, full):
+    from ipo_cli import dataset as ds
+
+    if request.test_images:
+        return ds.load_dataset(Path(request.test_images), Path(request.classes) if request.classes else None)
+    if request.split:
+        return ds.load_split(Path(request.split), Path(request.images), "test")
+    raise IpoError("--base-novel needs held-out images to report base and novel accuracy",
+                   "pass --test-images DIR (same classes) or a --split file with a test part")
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"ipo": __version__}
+    for pkg in ("torch", "open_clip_torch", "llama_cpp_python", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+def run(request: Request, out: Path, resume: bool = False, force: bool = False, offline: bool = False,
+        cache_dir: Path | None = None, reporter: Reporter | None = None) -> dict:
+    from ipo_cli import cache, catalogue, describe, evaluate, report, vision
+    from ipo_cli.llm import load_llm
+    from ipo_cli.optimizer import ClipScorer, Optimizer
+    from ipo_cli.runs import RunFolder, compare_settings
+
+    reporter = reporter or Reporter()
+    started = time.perf_counter()
+    if resume:
+        folder, saved = RunFolder.open(out)
+        diffs = compare_settings(saved.get("request", {}), request.settings())
+        if diffs:
+            raise IpoError(f"cannot resume {out} with different settings ({'; '.join(diffs)})",
+                           "resume with the run's own settings (just --resume DIR), or start a new run with --out")
+    if request.select not in ("train", "val"):
+        raise IpoError(f"--select must be train or val, not {request.select!r}")
+    full, train, val = _sample(request)
+    use_lmm = (request.lmm or "").lower() != "none"
+    plan = {
+        "images": len(full.items), "classes": len(full.classnames), "train_classes": len(train.classnames),
+        "shots": request.shots, "train_images": len(train.items), "val_images": len(val.items) if val else 0,
+        "steps": request.steps, "candidates": request.candidates,
+        "llm_calls_max": request.steps * request.candidates,
+        "captions": len(train.items) if use_lmm else 0,
+        "llm": request.llm_url or request.llm or catalogue.default_model("llm").name,
+        "lmm": (request.lmm_url or request.lmm or catalogue.default_model("lmm").name) if use_lmm else "none",
+        "clip": request.clip, "out": str(out),
+    }
+    reporter.plan(plan)
+    if not request.llm and not request.llm_url:
+        _ensure_pulled(plan["llm"], "llm", offline, reporter)
+    if use_lmm and not request.lmm and not request.lmm_url:
+        _ensure_pulled(plan["lmm"], "lmm", offline, reporter)
+
+    root = cache.cache_root(cache_dir)
+    spec = vision.parse_clip(request.clip, request.clip_weights)
+    with reporter.status(f"loading CLIP {spec.identity}"):
+        clip = vision.load_clip(spec)
+    store = cache.Store(root, "embeddings")
+    sets = []
+    for name, data in (("train", train), ("val", val)):
+        if data is None:
+            sets.append(None)
+            continue
+        with reporter.progress(f"embedding {name} images", len(data.items)) as advance:
+            embedded = evaluate.embed_dataset(clip, data, store, progress=advance)
+        for path, reason in embedded.skipped:
+            reporter.warn(f"skipped unreadable image {path}: {reason}")
+        sets.append(embedded)
+    train_set, val_set = sets
+
+    descriptions: list[str] = []
+    lmm_identity = "none"
+    if use_lmm:
+        with reporter.status("loading the multimodal model"):
+            backend = describe.load_vision(request.lmm, Path(request.mmproj) if request.mmproj else None,
+                                           request.handler, request.lmm_url, request.lmm_model)
+        lmm_identity = backend.identity
+        captioner = describe.Captioner(backend, cache.Store(root, "captions"))
+        paths = train_set.dataset.paths
+        with reporter.progress("describing images", len(paths)) as advance:
+            captions = captioner.caption(paths, full.classnames, progress=advance)
+        for path, reason in captions.failed:
+            reporter.warn(f"no description for {path}: {reason}")
+        descriptions = [c.caption for c in captions.captions]
+
+    with reporter.status("loading the LLM"):
+        llm = load_llm(request.llm, request.llm_url, request.llm_model, request.n_ctx)
+    models = {"llm": llm.identity, "lmm": lmm_identity, "clip": clip.identity}
+    config = {
+        "ipo_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "request": request.settings(),
+        "models": models,
+        "versions": versions(),
+        "classnames": full.classnames,
+        "train_classnames": train_set.dataset.classnames,
+        "split": {name: [[str(p), int(l)] for p, l in zip(s.dataset.paths, s.labels)]
+                  for name, s in (("train", train_set), ("val", val_set)) if s is not None},
+    }
+    if resume:
+        diffs = compare_settings(saved.get("models", {}), models)
+        if diffs:
+            raise IpoError(f"cannot resume {out}: the models differ ({'; '.join(diffs)})",
+                           "resume with the same model files")
+    else:
+        folder = RunFolder.create(out, config, force)
+
+    loop = LoopSettings(request.steps, request.candidates, request.history, request.patience, request.seed,
+                        request.temperature, 1.0, request.max_tokens, request.task_hint, request.select)
+    scorer = ClipScorer(clip, train_set, val_set)
+    optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
+                          on_step=reporter.step)
+    result = optimizer.run()
+    name = Path(request.images).resolve().name
+    report.write_outputs(folder, result, name, clip.identity, request.select,
+                         {"run": str(folder.path), "models": models, "seed": request.seed})
+    summary = summarize(result, folder, models, time.perf_counter() - started)
+    if request.base_novel and not result.interrupted:
+        test = _test_set(request, full)
+        with reporter.progress("embedding test images", len(test.items)) as advance:
+            test_set = evaluate.embed_dataset(clip, test, store, progress=advance)
+        from ipo_cli.prompts import parse_prompts
+
+        evaluation = evaluate.evaluate(clip, test_set, parse_prompts([result.best["template"]]),
+                                       baseline="a photo of a {}.", base_novel=True, seed=request.seed)
+        folder.write_json("eval_base_novel.json", evaluation.to_json())
+        best_row, base_row = evaluation.rows[0], evaluation.rows[-1]
+        summary["base_novel"] = {
+            "test_images": evaluation.n_images,
+            "best": {"base": best_row.base, "novel": best_row.novel, "hm": best_row.hm},
+            "baseline": {"base": base_row.base, "novel": base_row.novel, "hm": base_row.hm},
+            "hm_delta": best_row.delta, "hm_delta_ci": [best_row.delta_low, best_row.delta_high],
+        }
+    folder.write_json("summary.json", summary)
+    return summary
+
+
+def summarize(result, folder, models: dict, seconds: float) -> dict:
+    state = result.state
+    best, baseline = result.best, result.baseline
+    return {
+        "run": str(folder.path),
+        "best": {"template": best["template"], "accuracy": best["accuracy"], "loss": best["loss"],
+                 **({"val_accuracy": best["val_accuracy"]} if "val_accuracy" in best else {})},
+        "baseline": {"template": baseline["template"], "accuracy": baseline["accuracy"], "loss": baseline["loss"]},
+        "gain": best["accuracy"] - baseline["accuracy"],
+        "steps": state.steps_done[-1]["step"] if state.steps_done else 0,
+        "stopped_early": result.stopped_early,
+        "interrupted": result.interrupted,
+        "llm_calls": state.calls,
+        "llm_calls_cached": state.cached_calls,
+        "valid_candidates": sum(1 for r in result.ranking if r["step"] > 0),
+        "tokens": state.usage.to_json(),
+        "seconds": round(seconds, 2),
+        "models": models,
+    }

@@ -1,0 +1,277 @@
+"""The IPO loop: propose with the LLM, validate, score with CLIP, record, select, stop.
+
+The loop only sees small interfaces: an LLM (`generate`, `count_tokens`, `n_ctx`), a
+`Scorer` (score a template on the training set and, with --select val, on a validation
+set) and the image descriptions. Everything it does is appended to the run folder as it
+happens; `run()` replays that history first, so a resumed run continues exactly where the
+last complete record left off, with the same seeds an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ipo_cli import meta_prompt as mp
+from ipo_cli.cache import Store, key_of
+from ipo_cli.errors import IpoError
+from ipo_cli.llm import LLM, Generation, SamplingSettings, Usage
+from ipo_cli.runs import RunFolder
+
+BASELINE = "a photo of a <CLASS>."
+BUDGETS = {"light": (10, 4), "medium": (30, 5), "heavy": (100, 8)}
+RETRIES = 3  # extra attempts, with new seeds, when a step yields no valid candidate
+
+
+@dataclass
+class LoopSettings:
+    steps: int = 100
+    candidates: int = 5
+    history: int = 20
+    patience: int = 20
+    seed: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    task_hint: str | None = None
+    select: str = "train"  # or "val"
+
+
+@dataclass
+class ScoreResult:
+    accuracy: float
+    loss: float
+    per_class: list[float]
+
+
+class Scorer(Protocol):
+    classnames: Sequence[str]
+
+    def score(self, template: str, split: str = "train") -> ScoreResult: ...
+
+    def token_count(self, text: str) -> int: ...
+
+
+class ClipScorer:
+    """Scores templates on cached CLIP embeddings of the training (and validation) images."""
+
+    def __init__(self, clip, train, val=None):
+        self.clip, self.sets = clip, {"train": train, "val": val}
+        self.classnames = train.dataset.classnames
+
+    def score(self, template: str, split: str = "train") -> ScoreResult:
+        from ipo_cli.scoring import Prompt, score_prompt
+
+        data = self.sets[split]
+        s = score_prompt(self.clip, Prompt(template, [template]), self.classnames, data.embeddings, data.labels)
+        return ScoreResult(s.acc1, s.loss, s.per_class)
+
+    def token_count(self, text: str) -> int:
+        return self.clip.token_count(text)
+
+
+def candidate_seed(run_seed: int, step: int, attempt: int, index: int) -> int:
+    """Separate, reproducible seeds for every sample of every step."""
+    return int(key_of("candidate-seed", run_seed, step, attempt, index)[:8], 16)
+
+
+@dataclass
+class LoopState:
+    """What the history says so far; rebuilt from history.jsonl on resume."""
+
+    valid: list[dict] = field(default_factory=list)  # scored candidate records, baseline included
+    steps_done: list[dict] = field(default_factory=list)
+    partial: dict[tuple[int, int, int], dict] = field(default_factory=dict)  # an unfinished step
+    calls: int = 0
+    usage: Usage = field(default_factory=Usage)
+    cached_calls: int = 0
+
+    @classmethod
+    def replay(cls, records: list[dict]) -> LoopState:
+        state = cls()
+        finished = {r["step"] for r in records if r.get("type") == "step"}
+        for r in records:
+            if r.get("type") == "step":
+                state.steps_done.append(r)
+            elif r.get("type") == "candidate":
+                state.count(r)
+                if r["step"] in finished:
+                    if r["valid"]:
+                        state.valid.append(r)
+                else:
+                    state.partial[(r["step"], r["attempt"], r["index"])] = r
+        return state
+
+    def count(self, record: dict) -> None:
+        if record["step"] == 0:
+            return
+        self.calls += 1
+        u = record.get("usage") or {}
+        self.usage.prompt_tokens += u.get("prompt_tokens", 0)
+        self.usage.reused_tokens += u.get("reused_tokens", 0)
+        self.usage.completion_tokens += u.get("completion_tokens", 0)
+        self.usage.seconds += u.get("seconds", 0.0)
+        self.cached_calls += bool(record.get("cached"))
+
+
+def rank_key(record: dict, select: str) -> tuple:
+    """Best first: accuracy, ties broken by lower loss (on the selection split)."""
+    if select == "val":
+        return (-record["val_accuracy"], record["val_loss"], record["step"], record["index"])
+    return (-record["accuracy"], record["loss"], record["step"], record["index"])
+
+
+@dataclass
+class LoopResult:
+    ranking: list[dict]  # valid candidates, best first
+    baseline: dict
+    state: LoopState
+    stopped_early: bool
+    interrupted: bool = False
+
+    @property
+    def best(self) -> dict:
+        return self.ranking[0]
+
+
+class Optimizer:
+    def __init__(self, llm: LLM, scorer: Scorer, folder: RunFolder, settings: LoopSettings,
+                 descriptions: Sequence[str] = (), generation_cache: Store | None = None,
+                 on_step: Callable[[dict, LoopState], None] | None = None):
+        self.llm, self.scorer, self.folder, self.settings = llm, scorer, folder, settings
+        self.descriptions = list(descriptions)
+        self.cache = generation_cache
+        self.on_step = on_step
+        self.sampling = SamplingSettings(settings.temperature, settings.top_p, settings.max_tokens)
+        self.validator = mp.Validator(scorer.classnames, scorer.token_count)
+
+    # ---- one candidate --------------------------------------------------------------
+    def generate(self, messages: list[dict], seed: int) -> tuple[Generation, bool]:
+        key = None
+        if self.cache is not None:
+            key = "gen:" + key_of(self.llm.identity, messages, seed, asdict(self.sampling), mp.INS_GRAMMAR)
+            hit = self.cache.get_json(key)
+            if isinstance(hit, dict) and isinstance(hit.get("text"), str):
+                return Generation(hit["text"], seed, hit.get("finish_reason", "stop"), Usage()), True
+        gen = self.llm.generate(messages, seed, self.sampling, grammar=mp.INS_GRAMMAR)
+        if key is not None:
+            self.cache.set_json(key, {"text": gen.text, "finish_reason": gen.finish_reason})
+        return gen, False
+
+    def scored(self, template: str) -> dict[str, Any]:
+        train = self.scorer.score(template, "train")
+        out = {"accuracy": train.accuracy, "loss": train.loss, "per_class": train.per_class}
+        if self.settings.select == "val":
+            val = self.scorer.score(template, "val")
+            out.update(val_accuracy=val.accuracy, val_loss=val.loss)
+        return out
+
+    def propose(self, step: int, attempt: int, index: int, messages: list[dict]) -> dict:
+        seed = candidate_seed(self.settings.seed, step, attempt, index)
+        start = time.perf_counter()
+        gen, cached = self.generate(messages, seed)
+        checked = self.validator.check(gen.text)
+        reason = checked.reason
+        if reason and gen.finish_reason == "length":
+            reason += " (answer cut off at --max-tokens)"
+        record = {"type": "candidate", "step": step, "attempt": attempt, "index": index, "seed": seed,
+                  "raw": gen.text, "template": checked.template, "valid": reason is None, "reason": reason,
+                  "cached": cached, "usage": gen.usage.to_json()}
+        if reason is None:
+            record.update(self.scored(checked.template))
+        record["seconds"] = round(time.perf_counter() - start, 4)
+        return record
+
+    # ---- the loop ---------------------------------------------------------------------
+    def run(self) -> LoopResult:
+        state = LoopState.replay(self.folder.records())
+        try:
+            return self._run(state)
+        except KeyboardInterrupt:
+            return self.result(state, stopped_early=False, interrupted=True)
+
+    def _run(self, state: LoopState) -> LoopResult:
+        if not state.steps_done:
+            baseline = {"type": "candidate", "step": 0, "attempt": 0, "index": 0, "seed": None, "raw": None,
+                        "template": BASELINE, "valid": True, "reason": None, "cached": False, "usage": None,
+                        **self.scored(BASELINE), "seconds": 0.0}
+            self.folder.append(baseline)
+            state.valid.append(baseline)
+            self.finish_step(state, 0, [baseline], None, 0.0)
+        for record in state.valid:
+            self.validator.remember(record["template"])
+        stopped_early = False
+        first = state.steps_done[-1]["step"] + 1
+        for step in range(first, self.settings.steps + 1):
+            if self.stale_steps(state) >= self.settings.patience:
+                stopped_early = True
+                break
+            self.run_step(state, step)
+        if not any(r["step"] > 0 for r in state.valid) and state.calls:
+            rejected = [r for r in self.folder.records() if r.get("type") == "candidate" and not r["valid"]]
+            examples = "; ".join(f"{r['raw'][:60]!r} ({r['reason']})" for r in rejected[:3])
+            raise IpoError(f"the LLM returned no valid prompt in {state.calls} calls, e.g. {examples}",
+                           "try a larger --llm, a higher --max-tokens, or check the model's chat template")
+        return self.result(state, stopped_early)
+
+    def run_step(self, state: LoopState, step: int) -> None:
+        start = time.perf_counter()
+        history = [mp.HistoryItem(r["template"], r["accuracy"], r["loss"]) for r in state.valid]
+        budget = (self.llm.n_ctx or 8192) - self.settings.max_tokens - 16
+        meta = mp.build(history, self.descriptions, self.llm.count_tokens, budget, self.settings.history,
+                        self.settings.task_hint, self.settings.seed)
+        self.folder.write_meta_prompt(step, meta.text)
+        records = []
+        for attempt in range(RETRIES + 1):
+            for index in range(self.settings.candidates):
+                record = state.partial.pop((step, attempt, index), None)
+                if record is None:
+                    record = self.propose(step, attempt, index, meta.messages)
+                    self.folder.append(record)
+                    state.count(record)
+                if record["valid"]:
+                    self.validator.remember(record["template"])
+                    state.valid.append(record)
+                records.append(record)
+            if any(r["valid"] for r in records):
+                break
+        self.finish_step(state, step, records, meta, time.perf_counter() - start)
+
+    def finish_step(self, state: LoopState, step: int, records: list[dict], meta, seconds: float) -> None:
+        best = min(state.valid, key=lambda r: rank_key(r, "train"))
+        previous = state.steps_done[-1] if state.steps_done else None
+        improved = previous is None or (best["accuracy"], -best["loss"]) > (previous["best_accuracy"], -previous["best_loss"])
+        fresh = [r for r in records if r["step"] == step and not r.get("cached") and r.get("usage")]
+        summary = {
+            "type": "step", "step": step, "candidates": len(records),
+            "valid": sum(r["valid"] for r in records),
+            "best_template": best["template"], "best_accuracy": best["accuracy"], "best_loss": best["loss"],
+            "improved": improved,
+            "meta_prompt_tokens": meta.tokens if meta else 0,
+            "descriptions_used": meta.descriptions_used if meta else 0,
+            "descriptions_left_out": meta.descriptions_left_out if meta else 0,
+            "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in fresh),
+            "reused_tokens": sum(r["usage"]["reused_tokens"] for r in fresh),
+            "evaluated_tokens": sum(r["usage"]["evaluated_tokens"] for r in fresh),
+            "seconds": round(seconds, 3),
+        }
+        self.folder.append(summary)
+        state.steps_done.append(summary)
+        if self.on_step:
+            self.on_step(summary, state)
+
+    @staticmethod
+    def stale_steps(state: LoopState) -> int:
+        n = 0
+        for summary in reversed(state.steps_done):
+            if summary["improved"]:
+                break
+            n += 1
+        return n
+
+    def result(self, state: LoopState, stopped_early: bool, interrupted: bool = False) -> LoopResult:
+        baseline = next(r for r in state.valid if r["step"] == 0) if state.valid else None
+        ranking = sorted(state.valid, key=lambda r: rank_key(r, self.settings.select))
+        return LoopResult(ranking, baseline, state, stopped_early, interrupted)
