@@ -31,7 +31,7 @@ class Request:
     history: int = 20
     patience: int = 20
     temperature: float = 1.0
-    max_tokens: int = 64
+    max_tokens: int = 160
     task_hint: str | None = None
     select: str = "train"
     llm: str | None = None

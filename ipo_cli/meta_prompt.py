@@ -20,10 +20,11 @@ PLACEHOLDER = "<CLASS>"
 MAX_CHARS = 500
 MAX_CLIP_TOKENS = 77
 
-# Exactly one <INS>...</INS> answer with exactly one <CLASS>; each side is bounded so the
-# answer can close within the token budget.
+# Exactly one <INS>...</INS> answer with exactly one <CLASS>. Each side is bounded so that
+# the answer closes within GRAMMAR_MAX_TOKENS even at one token per character.
 INS_GRAMMAR = r'''root ::= "<INS>" side "<CLASS>" side "</INS>"
-side ::= [^<>\n]{0,90}'''
+side ::= [^<>\n]{0,70}'''
+GRAMMAR_MAX_TOKENS = 160
 
 TASK = (
     "You help to classify images with CLIP, a model that matches an image with short texts. "

@@ -34,7 +34,7 @@ class LoopSettings:
     seed: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
-    max_tokens: int = 64
+    max_tokens: int = 160  # enough for any answer the grammar allows
     task_hint: str | None = None
     select: str = "train"  # or "val"
 

@@ -1,0 +1,118 @@
+"""The loop's logic with a scorer that has a planted signal and an LLM that recombines
+words from the history it is shown."""
+
+import random
+import re
+
+import pytest
+
+from ipo_cli import meta_prompt as mp
+from ipo_cli.errors import IpoError
+from ipo_cli.llm import Generation, Usage
+from ipo_cli.optimizer import BASELINE, LoopSettings, Optimizer, ScoreResult, candidate_seed
+from ipo_cli.runs import RunFolder
+
+VOCAB = ["photo", "image", "picture", "of", "a", "the", "small", "large", "vivid", "clear", "shot"]
+
+
+class PlantedScorer:
+    """Each 'vivid' adds 10 points of accuracy (up to 95) and lowers the loss."""
+
+    classnames = ["cat", "dog", "bird"]
+
+    def score(self, template, split="train"):
+        n = len(re.findall(r"\bvivid\b", template))
+        acc = min(95.0, 30.0 + 10 * n) - (1.0 if split == "val" else 0.0)
+        return ScoreResult(acc, 2.0 - 0.1 * n + 0.001 * len(template), [acc] * 3)
+
+    def token_count(self, text):
+        return len(text.split()) + 2
+
+
+class RecombiningLLM:
+    """Builds a prompt from words of the best prompts it is shown, plus one random word."""
+
+    identity = "recombiner"
+    n_ctx = 100_000
+
+    def __init__(self, broken=False):
+        self.broken = broken
+        self.calls = 0
+
+    def count_tokens(self, messages):
+        return sum(len(m["content"].split()) for m in messages)
+
+    def generate(self, messages, seed, settings, grammar=None):
+        self.calls += 1
+        if self.broken:
+            return Generation("I cannot help with that.", seed, "stop", Usage(10, 0, 5, 0.01))
+        rng = random.Random(seed)
+        shown = re.findall(r"<INS>(.*?)</INS>", messages[-1]["content"])
+        best = shown[-3:]  # best last
+        words = [w for t in best for w in t.replace("<CLASS>", " ").replace(".", " ").split()]
+        picked = rng.sample(words, min(len(words), rng.randint(2, 5))) + [rng.choice(VOCAB)]
+        rng.shuffle(picked)
+        return Generation(f"<INS>{' '.join(picked)} <CLASS>.</INS>", seed, "stop", Usage(100, 80, 10, 0.01))
+
+
+def run_loop(tmp_path, llm=None, **kw):
+    folder = RunFolder.create(tmp_path / "run", {"request": {}})
+    settings = LoopSettings(**{"steps": 15, "candidates": 4, "history": 5, "patience": 50, **kw})
+    opt = Optimizer(llm or RecombiningLLM(), PlantedScorer(), folder, settings)
+    return opt.run(), folder
+
+
+def test_best_accuracy_rises_and_ranking_is_ordered(tmp_path):
+    result, folder = run_loop(tmp_path)
+    steps = [r for r in folder.records() if r["type"] == "step"]
+    best = [s["best_accuracy"] for s in steps]
+    assert best == sorted(best) and best[-1] >= 60 > best[0] == 30
+    ranking = [(-r["accuracy"], r["loss"]) for r in result.ranking]
+    assert ranking == sorted(ranking)
+    assert result.best["accuracy"] == best[-1]
+    assert result.baseline["template"] == BASELINE
+
+
+def test_seeds_are_separate_and_reproducible(tmp_path):
+    seeds = {candidate_seed(1, s, a, i) for s in range(5) for a in range(2) for i in range(5)}
+    assert len(seeds) == 50
+    first, _ = run_loop(tmp_path / "a")
+    second, _ = run_loop(tmp_path / "b")
+    assert [r["template"] for r in first.ranking] == [r["template"] for r in second.ranking]
+
+
+def test_patience_stops_early(tmp_path):
+    class Flat(PlantedScorer):
+        def score(self, template, split="train"):
+            return ScoreResult(30.0, 2.0, [30.0] * 3)
+
+    folder = RunFolder.create(tmp_path / "run", {"request": {}})
+    opt = Optimizer(RecombiningLLM(), Flat(), folder, LoopSettings(steps=50, candidates=2, patience=3))
+    result = opt.run()
+    assert result.stopped_early
+    assert result.state.steps_done[-1]["step"] == 3  # steps 1-3 brought nothing better than step 0
+
+
+def test_llm_that_returns_nothing_valid_stops_with_a_report(tmp_path):
+    llm = RecombiningLLM(broken=True)
+    with pytest.raises(IpoError, match="no valid prompt in 8 calls.*I cannot help.*no <INS>"):
+        run_loop(tmp_path, llm=llm, steps=1, candidates=2)
+    assert llm.calls == 2 * 4  # the step was retried with new seeds 3 times
+
+
+def test_select_val_ranks_on_the_validation_scores(tmp_path):
+    result, _ = run_loop(tmp_path, select="val", steps=4)
+    keys = [(-r["val_accuracy"], r["val_loss"]) for r in result.ranking]
+    assert keys == sorted(keys) and "val_accuracy" in result.best
+
+
+def test_rejected_candidates_are_kept_with_their_reason(tmp_path):
+    class Dupes(RecombiningLLM):
+        def generate(self, messages, seed, settings, grammar=None):
+            return Generation("<INS>a photo of a <CLASS>.</INS>" if seed % 2 else "<INS>vivid <CLASS></INS>",
+                              seed, "stop", Usage())
+
+    result, folder = run_loop(tmp_path, llm=Dupes(), steps=2, candidates=4)
+    rejected = [r for r in folder.records() if r["type"] == "candidate" and not r["valid"]]
+    assert rejected and all(r["reason"] == "duplicate of an earlier prompt" for r in rejected)
+    assert all(r["raw"] for r in rejected)
