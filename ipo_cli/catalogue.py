@@ -202,7 +202,7 @@ def add_model(name: str, file: Path, kind: str, mmproj: Path | None = None, hand
         check_gguf(mmproj, "mmproj file")
         handler = handler or "mtmd"
     if handler is not None and handler not in HANDLERS:
-        raise IpoError(f"unknown chat handler {handler!r}." + close_matches(handler, list(HANDLERS)),
+        raise IpoError(f"unknown chat handler {handler!r}" + close_matches(handler, list(HANDLERS)),
                        f"choose one of {', '.join(HANDLERS)}")
     if kind == "llm" and (mmproj is not None or handler is not None):
         raise IpoError("--mmproj and --handler are for multimodal models (--kind lmm)")
@@ -250,7 +250,7 @@ def resolve(name_or_path: str, kind: str, mmproj: Path | None = None) -> LocalMo
     if name_or_path in catalogue:
         raise IpoError(f"model {name_or_path!r} is not pulled yet", f"run: ipo models pull {name_or_path}")
     raise IpoError(
-        f"unknown model {name_or_path!r}." + close_matches(name_or_path, list(catalogue) + list(installed)),
+        f"unknown model {name_or_path!r}" + close_matches(name_or_path, list(catalogue) + list(installed)),
         "see: ipo models list",
     )
 
@@ -376,7 +376,7 @@ def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int,
     """Download a catalogue model into the store, verify it and record it in the manifest."""
     catalogue = load_catalogue()
     if name not in catalogue:
-        raise IpoError(f"unknown model {name!r}." + close_matches(name, list(catalogue)), "see: ipo models list")
+        raise IpoError(f"unknown model {name!r}" + close_matches(name, list(catalogue)), "see: ipo models list")
     entry = catalogue[name]
     if offline():
         raise IpoError(f"cannot pull {name!r} while offline (HF_HUB_OFFLINE or IPO_OFFLINE is set)",

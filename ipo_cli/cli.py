@@ -97,7 +97,7 @@ def eval_cmd(
         out_file.parent.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(result, indent=2) + "\n")
     if as_json:
-        out.print_json(data=result) if sys.stdout.isatty() else print(json.dumps(result))
+        print(json.dumps(result))
     else:
         _render_eval(report)
         if embedded.skipped:
@@ -222,6 +222,7 @@ class _OptimizeReporter:
     def __init__(self, quiet: bool, total: int):
         self.quiet, self.total = quiet, total
         self._steps = None
+        self._done = 0
 
     def plan(self, plan: dict) -> None:
         if self.quiet:
@@ -255,9 +256,8 @@ class _OptimizeReporter:
         if self._steps is None:
             self._bar = progress_bar("optimizing", self.total)
             self._steps = self._bar.__enter__()
-        if summary["step"] == 0:
-            return
-        self._steps(1, status=f"best {summary['best_accuracy']:.2f}% | reused {summary['reused_tokens']}"
+        advance, self._done = summary["step"] - self._done, summary["step"]  # resumed runs start midway
+        self._steps(advance, status=f"best {summary['best_accuracy']:.2f}% | reused {summary['reused_tokens']}"
                               f"/{summary['prompt_tokens']} prompt tokens")
 
     def close(self) -> None:
@@ -324,21 +324,29 @@ def models_pull(name: Annotated[str, typer.Argument(help="A catalogue name (see 
 
 
 def _pull_with_progress(name: str):
+    """catalogue.pull with a download bar per file; the bars start with the first byte."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from ipo_cli import catalogue
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), console=err) as progress:
-        def factory(filename: str, total: int | None):
-            task = progress.add_task(filename, total=total)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err)
 
-            def update(done: int, total_: int | None) -> None:
-                progress.update(task, completed=done, total=total_)
+    def factory(filename: str, total: int | None):
+        if not progress.live.is_started:
+            progress.start()
+        task = progress.add_task(filename, total=total)
 
-            return update
+        def update(done: int, total_: int | None) -> None:
+            progress.update(task, completed=done, total=total_)
 
+        return update
+
+    try:
         return catalogue.pull(name, factory)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 @models_app.command("add")
@@ -371,10 +379,10 @@ def models_path(name: Annotated[str, typer.Argument(help="An installed model.")]
     """Print the path of an installed model's GGUF file (and its projector)."""
     from ipo_cli import catalogue
 
-    installed = catalogue.Manifest().load()
-    if name not in installed:
-        catalogue.resolve(name, catalogue.load_catalogue()[name].kind if name in catalogue.load_catalogue() else "llm")
-    model = installed[name]
+    model = catalogue.Manifest().load().get(name)
+    if model is None:
+        catalogue.resolve(name, "llm")  # raises the right error: not pulled yet, or unknown
+        raise IpoError(f"{name} is a file, not an installed model name", "see: ipo models list")
     print(model.path)
     if model.mmproj:
         print(model.mmproj)
@@ -397,7 +405,7 @@ def describe_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Caption images with a multimodal model (cached), redacting class names."""
-    from ipo_cli import cache, dataset as ds, describe
+    from ipo_cli import cache, describe
 
     paths, labels, classnames = _describe_inputs(images, classes)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)

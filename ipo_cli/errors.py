@@ -21,9 +21,9 @@ class IpoError(Exception):
 
 
 def close_matches(name: str, choices: list[str], n: int = 3) -> str:
-    """A ' Did you mean: a, b?' suffix, or '' when nothing is close."""
+    """A ' (did you mean a, b?)' suffix, or '' when nothing is close."""
     import difflib
 
     lowered = {c.lower(): c for c in choices}
     found = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
-    return f" Did you mean: {', '.join(lowered[f] for f in found)}?" if found else ""
+    return f" (did you mean {', '.join(lowered[f] for f in found)}?)" if found else ""

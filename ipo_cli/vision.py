@@ -64,14 +64,14 @@ def parse_clip(model: str, weights: Path | str | None = None) -> ClipSpec:
         arch, _, tag = model.partition(":")
         if arch not in open_clip.list_models():
             raise IpoError(
-                f"unknown CLIP model {arch!r}." + close_matches(arch, open_clip.list_models()),
+                f"unknown CLIP model {arch!r}" + close_matches(arch, open_clip.list_models()),
                 "see open_clip.list_models() / open_clip.list_pretrained() for names",
             )
         if tag and weights is None:
             tags = [t for a, t in open_clip.list_pretrained() if a == arch]
             if tag not in tags:
                 raise IpoError(
-                    f"open_clip has no pretrained weights {tag!r} for {arch}."
+                    f"open_clip has no pretrained weights {tag!r} for {arch}"
                     + close_matches(tag, tags),
                     f"known tags for {arch}: {', '.join(tags) or 'none'}",
                 )

@@ -110,3 +110,17 @@ def test_projector_that_does_not_fit_fails_before_any_image(smollm, fashion_trai
     assert result.returncode == 2
     assert "check that the projector belongs to the model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_describe_flat_folder_redacts_with_classes_file(tmp_path, fashion_train):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted(fashion_train.rglob("*.png"))[:3]:
+        (flat / p.name).write_bytes(p.read_bytes())
+    with FakeChatServer(lambda p: "A sneaker next to a sandal.") as server:
+        result = run_ipo("describe", flat, "--classes", fashion_train / "classes.txt",
+                         "--lmm-url", server.url + "/v1", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(l) for l in result.stdout.splitlines()]
+    assert lines[-1]["summary"]["captioned"] == 3 and lines[-1]["summary"]["redactions"] == 6
+    assert lines[0]["caption"] == "A [...] next to a [...]." and lines[0]["label"] is None

@@ -68,7 +68,7 @@ def test_unreadable_images_are_skipped_and_named(tiny_clip, fashion_train, tmp_p
 
 
 def test_unknown_model_suggests_close_names():
-    with pytest.raises(IpoError, match="unknown CLIP model 'ViT-B-61'.*Did you mean: ViT-B-16"):
+    with pytest.raises(IpoError, match="unknown CLIP model 'ViT-B-61' \\(did you mean ViT-B-16"):
         vision.parse_clip("ViT-B-61:openai")
     with pytest.raises(IpoError, match="no pretrained weights 'opanai'.*openai"):
         vision.parse_clip("ViT-B-16:opanai")
