@@ -38,6 +38,7 @@ SplitOpt = Annotated[Optional[Path], typer.Option("--split", help="A CoOp split 
 ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model: ARCH:TAG (ViT-B-16:openai), hf-hub:ORG/NAME, ARCH with --clip-weights, or a model config .json.")]
 ClipWeightsOpt = Annotated[Optional[Path], typer.Option("--clip-weights", help="A local open_clip checkpoint for the architecture named by --clip.")]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $IPO_CACHE_DIR or the user cache directory).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where CLIP runs: auto (CUDA if available), cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 
 
@@ -70,6 +71,7 @@ def eval_cmd(
     clip_weights: ClipWeightsOpt = None,
     cache_dir: CacheDirOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.")] = None,
 ) -> None:
@@ -84,10 +86,10 @@ def eval_cmd(
         data = ds.few_shot(data, shots, seed)
     spec = vision.parse_clip(clip, clip_weights)
     with err.status(f"loading CLIP {spec.identity}"):
-        model = vision.load_clip(spec)
+        model = vision.load_clip(spec, device)
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
-        embedded = evaluate.embed_dataset(model, data, store, progress=advance)
+        embedded = evaluate.embed_dataset(model, data, store, progress=advance, batch_size=batch_size)
     for path, reason in embedded.skipped:
         warn(f"skipped unreadable image {path}: {reason}")
     report = evaluate.evaluate(model, embedded, prompt_list, baseline=baseline, base_novel=base_novel, seed=seed)
@@ -165,6 +167,7 @@ def optimize_cmd(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.")] = False,
+    device: DeviceOpt = "auto",
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -200,7 +203,7 @@ def optimize_cmd(
     reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
     try:
         summary = job.run(request, out_path, resume=resume is not None, force=force, offline=offline,
-                          cache_dir=cache_dir, reporter=reporter)
+                          cache_dir=cache_dir, reporter=reporter, device=device)
     finally:
         reporter.close()
     if as_json:

@@ -37,8 +37,9 @@ class EmbeddedSet:
         )
 
 
-def embed_dataset(clip, dataset: Dataset, store=None, progress: Callable[[int], None] | None = None) -> EmbeddedSet:
-    emb, kept, failures = clip.embed_images(dataset.paths, store=store, progress=progress)
+def embed_dataset(clip, dataset: Dataset, store=None, progress: Callable[[int], None] | None = None,
+                  batch_size: int = 32) -> EmbeddedSet:
+    emb, kept, failures = clip.embed_images(dataset.paths, store=store, batch_size=batch_size, progress=progress)
     skipped = [(str(f.path), f.reason) for f in failures]
     kept_set = set(kept)
     remaining = Dataset(

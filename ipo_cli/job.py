@@ -151,7 +151,7 @@ def versions() -> dict:
 
 
 def run(request: Request, out: Path, resume: bool = False, force: bool = False, offline: bool = False,
-        cache_dir: Path | None = None, reporter: Reporter | None = None) -> dict:
+        cache_dir: Path | None = None, reporter: Reporter | None = None, device: str = "auto") -> dict:
     from ipo_cli import cache, catalogue, describe, evaluate, report, vision
     from ipo_cli.llm import load_llm
     from ipo_cli.optimizer import ClipScorer, Optimizer
@@ -188,7 +188,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     root = cache.cache_root(cache_dir)
     spec = vision.parse_clip(request.clip, request.clip_weights)
     with reporter.status(f"loading CLIP {spec.identity}"):
-        clip = vision.load_clip(spec)
+        clip = vision.load_clip(spec, device)
     store = cache.Store(root, "embeddings")
     sets = []
     for name, data in (("train", train), ("val", val)):

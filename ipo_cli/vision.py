@@ -93,11 +93,12 @@ def parse_clip(model: str, weights: Path | str | None = None) -> ClipSpec:
 class ClipModel:
     """A loaded open_clip model with cached image embedding and fast text encoding."""
 
-    def __init__(self, spec: ClipSpec, model, preprocess, tokenizer):
+    def __init__(self, spec: ClipSpec, model, preprocess, tokenizer, device: str = "cpu"):
         import open_clip
         import torch
 
         self.spec = spec
+        self.device = device
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -162,8 +163,8 @@ class ClipModel:
                     failures.append(exc)
             if tensors:
                 with torch.inference_mode():
-                    feats = self.model.encode_image(torch.stack(tensors))
-                    feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+                    feats = self.model.encode_image(torch.stack(tensors).to(self.device))
+                    feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
                 half = feats.numpy().astype(np.float16)
                 for row, i in enumerate(batch_idx):
                     results[i] = half[row].astype(np.float32)
@@ -202,13 +203,13 @@ class ClipModel:
         todo = list(dict.fromkeys(t for t in texts if t not in self._text_memo))
         for start in range(0, len(todo), 256):
             chunk = todo[start:start + 256]
-            tokens = self.tokenize(chunk)
+            tokens = self.tokenize(chunk).to(self.device)
             with torch.inference_mode():
                 if trim and self.can_trim:
                     feats = encode_text_trimmed(self.model, tokens)
                 else:
                     feats = self.model.encode_text(tokens)
-                feats = torch.nn.functional.normalize(feats.float(), dim=-1)
+                feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
             for text, row in zip(chunk, feats):
                 self._text_memo[text] = row
             self.stats["texts_encoded"] += len(chunk)
@@ -221,8 +222,8 @@ class ClipModel:
         import torch
 
         with torch.inference_mode():
-            feats = self.model.encode_text(self.tokenize(texts))
-            return torch.nn.functional.normalize(feats.float(), dim=-1).numpy()
+            feats = self.model.encode_text(self.tokenize(texts).to(self.device))
+            return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
 
 
 def encode_text_trimmed(model, tokens):
@@ -272,10 +273,25 @@ def _skip_weight_init():
             setattr(torch.nn.init, name, fn)
 
 
-def load_clip(spec: ClipSpec, device: str = "cpu") -> ClipModel:
+def resolve_device(device: str = "auto") -> str:
+    """`auto` is CUDA when torch sees a GPU, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IpoError(f"--device {device}: torch sees no CUDA GPU here", "use --device cpu (or auto)")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise IpoError(f"--device must be auto, cpu or cuda[:N], not {device!r}")
+    return device
+
+
+def load_clip(spec: ClipSpec, device: str = "auto") -> ClipModel:
     """Load the model once; errors about missing or broken weights are one line."""
     import open_clip
     import torch
+
+    device = resolve_device(device)
 
     if spec.hf_hub:
         pretrained_arg, name = None, f"hf-hub:{spec.hf_hub}"
@@ -306,4 +322,4 @@ def load_clip(spec: ClipSpec, device: str = "cpu") -> ClipModel:
             + (" (no connection to the model hub)" if offline else f": {first[:160]}"),
             "connect to the internet once to download them, or pass --clip ARCH --clip-weights FILE",
         ) from None
-    return ClipModel(spec, model, preprocess, tokenizer)
+    return ClipModel(spec, model, preprocess, tokenizer, device)

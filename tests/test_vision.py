@@ -90,3 +90,21 @@ def test_weights_not_on_disk_say_how_to_get_them():
     # HF_HUB_OFFLINE=1 (set for every test) makes the hub fail at once, as it does offline
     with pytest.raises(IpoError, match="not on disk.*--clip-weights"):
         vision.load_clip(vision.parse_clip("ViT-B-32:openai"))
+
+
+def test_device_choice():
+    import torch
+
+    assert vision.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(IpoError, match="must be auto, cpu or cuda"):
+        vision.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(IpoError, match="sees no CUDA GPU"):
+            vision.resolve_device("cuda:0")
+
+
+def test_batch_size_does_not_change_embeddings(tiny_clip, fashion_train):
+    paths = sorted(fashion_train.rglob("*.png"))[:7]
+    one, _, _ = tiny_clip.embed_images(paths, batch_size=1)
+    many, _, _ = tiny_clip.embed_images(paths, batch_size=32)
+    assert np.abs(one - many).max() < 2e-3  # float16 storage rounding at most
