@@ -26,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-cache_app = typer.Typer(help="The on-disk caches of image embeddings and captions.", no_args_is_help=True)
+cache_app = typer.Typer(help="The on-disk caches of image embeddings, captions and LLM answers.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 models_app = typer.Typer(help="The local model store: list, pull, add, rm, path.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -183,23 +183,13 @@ def optimize_cmd(
              "mmproj": _s(mmproj), "handler": handler, "lmm_url": lmm_url, "lmm_model": lmm_model, "clip": clip,
              "clip_weights": _s(clip_weights), "test_images": _s(test_images)}
     given = {k: v for k, v in given.items() if v is not None}
+    saved = None
     if resume is not None:
         from ipo_cli.runs import RunFolder
 
-        _, config = RunFolder.open(resume)
-        base = dict(config.get("request", {}))
-        if budget:
-            given.update(zip(("steps", "candidates"), job.BUDGETS.get(budget, (None, None))))
-        request = job.Request.from_dict({**base, **given})
-        out_path = resume
-    else:
-        if images is None:
-            raise IpoError("missing the images folder", "ipo optimize IMAGES --classes classes.txt, or --resume DIR")
-        request = job.apply_budget(job.Request.from_dict(given), budget)
-        if budget and (steps or candidates):
-            request.steps = steps or request.steps
-            request.candidates = candidates or request.candidates
-        out_path = out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{images.resolve().name}"
+        saved = RunFolder.open(resume)[1].get("request", {})
+    request = job.make_request(given, budget, saved)
+    out_path = resume or out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{Path(request.images).resolve().name}"
     reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
     try:
         summary = job.run(request, out_path, resume=resume is not None, force=force, offline=offline,
@@ -479,7 +469,7 @@ def cache_info(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
 
 @cache_app.command("clear")
 def cache_clear(cache_dir: CacheDirOpt = None) -> None:
-    """Delete every cached embedding and caption."""
+    """Delete every cached embedding, caption and LLM answer."""
     from ipo_cli import cache
 
     root = cache.cache_root(cache_dir)

@@ -57,12 +57,18 @@ class Request:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def apply_budget(request: Request, budget: str | None) -> Request:
+def make_request(given: dict, budget: str | None = None, saved: dict | None = None) -> Request:
+    """The settings of a run: a resumed run's own, then the --budget preset, then what the
+    user typed (explicit --steps/--candidates beat the preset)."""
+    data = dict(saved or {})
     if budget:
         if budget not in BUDGETS:
             raise IpoError(f"--budget must be one of {', '.join(BUDGETS)}, not {budget!r}")
-        request.steps, request.candidates = BUDGETS[budget]
-    return request
+        data["steps"], data["candidates"] = BUDGETS[budget]
+    data.update(given)
+    if not data.get("images"):
+        raise IpoError("missing the images folder", "ipo optimize IMAGES --classes classes.txt, or --resume DIR")
+    return Request.from_dict(data)
 
 
 class Reporter:

@@ -116,3 +116,19 @@ def test_rejected_candidates_are_kept_with_their_reason(tmp_path):
     rejected = [r for r in folder.records() if r["type"] == "candidate" and not r["valid"]]
     assert rejected and all(r["reason"] == "duplicate of an earlier prompt" for r in rejected)
     assert all(r["raw"] for r in rejected)
+
+
+def test_settings_merge_saved_then_budget_then_typed():
+    from ipo_cli.job import make_request
+
+    assert (make_request({"images": "x"}).steps, make_request({"images": "x"}).candidates) == (100, 5)
+    light = make_request({"images": "x"}, "light")
+    assert (light.steps, light.candidates) == (10, 4)
+    typed = make_request({"images": "x", "candidates": 7}, "light")
+    assert (typed.steps, typed.candidates) == (10, 7)
+    resumed = make_request({}, None, {"images": "saved", "steps": 3, "seed": 9})
+    assert (resumed.images, resumed.steps, resumed.seed) == ("saved", 3, 9)
+    with pytest.raises(IpoError, match="--budget must be one of"):
+        make_request({"images": "x"}, "huge")
+    with pytest.raises(IpoError, match="missing the images folder"):
+        make_request({})
