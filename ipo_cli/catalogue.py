@@ -57,17 +57,9 @@ class CatalogueEntry:
 def _catalogue_dirs() -> list[Path]:
     """The shipped catalogue, then any folders in IPO_CATALOGUE_DIR (os.pathsep-separated)."""
     here = Path(__file__).resolve().parent
-    dirs = []
-    source_tree = here.parent / "models"
-    if source_tree.is_dir():
-        dirs.append(source_tree)
-    else:
-        import importlib.resources
-
-        try:
-            dirs.append(Path(str(importlib.resources.files("ipo_cli.catalogue_data"))))
-        except ModuleNotFoundError:
-            pass
+    # An installed wheel carries models/ as ipo_cli/catalogue_data; a source checkout
+    # (editable install) has it beside the package.
+    dirs = [d for d in (here / "catalogue_data", here.parent / "models") if d.is_dir()][:1]
     extra = os.environ.get("IPO_CATALOGUE_DIR")
     if extra:
         dirs.extend(Path(p) for p in extra.split(os.pathsep) if p)

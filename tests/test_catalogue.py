@@ -163,3 +163,21 @@ def test_pattern_matching_several_files_is_reported(tmp_path, monkeypatch):
         hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
         with pytest.raises(IpoError, match="matches 2 files"):
             catalogue.pull("tiny-vlm")
+
+
+def test_installed_wheel_carries_the_catalogue(tmp_path):
+    """A non-editable install reads models/ from the package (ipo_cli/catalogue_data)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
+                    "-w", str(tmp_path / "dist")], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    code = "import ipo_cli.catalogue as c; print(c.__file__); print(len(c.load_catalogue()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
+                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}).stdout.split()
+    assert out[0].startswith(str(tmp_path / "site"))
+    assert int(out[1]) == len(list((root / "models").glob("*.json"))) == len(catalogue.load_catalogue())
