@@ -14,7 +14,6 @@ checked against the catalogue's sha256, or the hub's own LFS sha256, and its siz
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import os
 import time
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ipo_cli.cache import sha256_file
 from ipo_cli.errors import IpoError, close_matches
 
 HANDLERS = ("llava-1-5", "llava-1-6", "moondream", "nanollava", "minicpm-v-2.6", "qwen2.5-vl", "mtmd")
@@ -161,14 +161,6 @@ class Manifest:
         return model
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def check_gguf(path: Path, what: str = "model file") -> None:
     """A one-line error for a missing, truncated or non-GGUF file."""
     path = Path(path)
@@ -190,7 +182,7 @@ def add_model(name: str, file: Path, kind: str, mmproj: Path | None = None, hand
     check_gguf(file)
     if kind == "lmm":
         if mmproj is None:
-            raise IpoError(f"a multimodal model needs its projector file", "pass --mmproj FILE.gguf")
+            raise IpoError("a multimodal model needs its projector file", "pass --mmproj FILE.gguf")
         check_gguf(mmproj, "mmproj file")
         handler = handler or "mtmd"
     if handler is not None and handler not in HANDLERS:
@@ -208,7 +200,7 @@ def add_model(name: str, file: Path, kind: str, mmproj: Path | None = None, hand
 
 def _file_record(path: Path) -> dict[str, Any]:
     path = path.resolve()
-    return {"path": str(path), "sha256": sha256_of(path), "size": path.stat().st_size}
+    return {"path": str(path), "sha256": sha256_file(path), "size": path.stat().st_size}
 
 
 def _now() -> str:
@@ -224,9 +216,9 @@ def resolve(name_or_path: str, kind: str, mmproj: Path | None = None) -> LocalMo
             if mmproj is None:
                 raise IpoError(f"the multimodal model {path} needs its projector", "pass --mmproj FILE.gguf")
             check_gguf(mmproj, "mmproj file")
-        files = {"model": {"path": str(path.resolve()), "sha256": sha256_of(path), "size": path.stat().st_size}}
+        files = {"model": _file_record(path)}
         if mmproj is not None:
-            files["mmproj"] = {"path": str(Path(mmproj).resolve()), "sha256": sha256_of(mmproj), "size": Path(mmproj).stat().st_size}
+            files["mmproj"] = _file_record(Path(mmproj))
         return LocalModel(path.stem, kind, files, "mtmd" if kind == "lmm" else None, source="file")
     installed = Manifest().load()
     if name_or_path in installed:
@@ -331,16 +323,15 @@ def download(url: str, dest: Path, expected_size: int | None, progress: Callable
                 if have and response.status != 206:  # the server ignored Range: start again
                     have = 0
                     part.unlink(missing_ok=True)
-                total = expected_size
                 if progress:
-                    progress(have, total)
+                    progress(have, expected_size)
                 with open(part, "ab") as fh:
                     while chunk := response.read(1 << 16):
                         fh.write(chunk)
                         fh.flush()
                         have += len(chunk)
                         if progress:
-                            progress(have, total)
+                            progress(have, expected_size)
             if expected_size is None or have >= expected_size:
                 break
             raise ConnectionError(f"connection closed after {have} of {expected_size} bytes")
@@ -383,7 +374,7 @@ def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int,
             callback = progress_factory(remote.filename, remote.size) if progress_factory else None
             download(url, dest, remote.size, callback)
         size = dest.stat().st_size
-        digest = sha256_of(dest)
+        digest = sha256_file(dest)
         if remote.size is not None and size != remote.size:
             dest.unlink()
             raise IpoError(f"{remote.filename} has {size} bytes, the hub says {remote.size}; the file was deleted",

@@ -310,8 +310,6 @@ def models_list(as_json: JsonOpt = False) -> None:
 @models_app.command("pull")
 def models_pull(name: Annotated[str, typer.Argument(help="A catalogue name (see ipo models list).")]) -> None:
     """Download a catalogue model with a progress bar, resumably, and verify its checksum."""
-    from ipo_cli import catalogue
-
     model = _pull_with_progress(name)
     out.print(f"pulled {name}: " + ", ".join(f"{role} {r['path']} ({_human_bytes(r['size'])})" for role, r in model.files.items()))
 
@@ -400,7 +398,7 @@ def describe_cmd(
     """Caption images with a multimodal model (cached), redacting class names."""
     from ipo_cli import cache, describe
 
-    paths, labels, classnames = _describe_inputs(images, classes)
+    paths, labels, classnames = describe.collect_images(images, classes)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
     with err.status("loading the multimodal model"):
         backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model)
@@ -430,20 +428,6 @@ def describe_cmd(
     s = report.summary()
     out.print(f"captioned {s['captioned']} ({s['from_cache']} from cache), failed {s['failed']}, "
               f"class names redacted {s['redactions']} time(s)" + (f"; written to {out_file}" if out_file else ""))
-
-
-def _describe_inputs(images: Path, classes: Optional[Path]):
-    """Paths, their class labels (if any) and the class names to redact."""
-    from ipo_cli import dataset as ds
-
-    if not images.is_dir():
-        raise IpoError(f"images folder {images} does not exist")
-    flat = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in ds.IMAGE_EXTENSIONS)
-    if flat:
-        classnames = ds.read_classes(classes) if classes else []
-        return flat, [None] * len(flat), classnames
-    data = ds.load_dataset(images, classes)
-    return data.paths, [data.classnames[l] for l in data.labels], data.classnames
 
 
 # ---- ipo cache --------------------------------------------------------------------

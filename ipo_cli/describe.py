@@ -117,15 +117,10 @@ class ServerVision:
         self.identity = self.client.identity
 
     def describe(self, data_uri: str, settings: CaptionSettings) -> str:
-        data = self.client.post("/chat/completions", {
-            "model": self.client.model,
-            "messages": caption_messages(data_uri, settings.instruction),
-            "max_tokens": settings.max_tokens, "temperature": settings.temperature, "seed": settings.seed,
-        })
-        try:
-            return data["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise IpoError(f"the server at {self.client.base_url} answered without a caption") from None
+        from ipo_cli.llm import SamplingSettings
+
+        sampling = SamplingSettings(temperature=settings.temperature, max_tokens=settings.max_tokens)
+        return self.client.generate(caption_messages(data_uri, settings.instruction), settings.seed, sampling).text
 
 
 def redaction_patterns(classnames: Sequence[str]) -> re.Pattern | None:
@@ -218,6 +213,24 @@ class Captioner:
             if progress:
                 progress(1)
         return report
+
+
+def collect_images(images: Path, classes: Path | None = None):
+    """What `ipo describe` captions: a flat folder of images, or a folder of class folders.
+
+    Returns the paths, their class names (None in a flat folder) and the class names to
+    redact (from --classes, or the class folders)."""
+    from ipo_cli import dataset as ds
+
+    images = Path(images)
+    if not images.is_dir():
+        raise IpoError(f"images folder {images} does not exist")
+    flat = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in ds.IMAGE_EXTENSIONS)
+    if flat:
+        classnames = ds.read_classes(classes) if classes else []
+        return flat, [None] * len(flat), classnames
+    data = ds.load_dataset(images, classes)
+    return data.paths, [data.classnames[label] for label in data.labels], data.classnames
 
 
 def load_vision(model: str | None = None, mmproj: Path | None = None, handler: str | None = None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,16 +24,17 @@ class Request:
     classes: str | None = None
     split: str | None = None
     shots: int = 1
-    seed: int = 1
+    seed: int = LoopSettings.seed
     base_novel: bool = False
-    steps: int = 100
-    candidates: int = 5
-    history: int = 20
-    patience: int = 20
-    temperature: float = 1.0
-    max_tokens: int = 160
+    # the loop's own defaults live in LoopSettings; a Request only repeats their names
+    steps: int = LoopSettings.steps
+    candidates: int = LoopSettings.candidates
+    history: int = LoopSettings.history
+    patience: int = LoopSettings.patience
+    temperature: float = LoopSettings.temperature
+    max_tokens: int = LoopSettings.max_tokens
     task_hint: str | None = None
-    select: str = "train"
+    select: str = LoopSettings.select
     llm: str | None = None
     llm_url: str | None = None
     llm_model: str | None = None
@@ -245,8 +246,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     else:
         folder = RunFolder.create(out, config, force)
 
-    loop = LoopSettings(request.steps, request.candidates, request.history, request.patience, request.seed,
-                        request.temperature, 1.0, request.max_tokens, request.task_hint, request.select)
+    loop = LoopSettings(**{f.name: getattr(request, f.name) for f in fields(LoopSettings) if hasattr(request, f.name)})
     scorer = ClipScorer(clip, train_set, val_set)
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
                           on_step=reporter.step)

@@ -209,8 +209,8 @@ class OpenAIServerLLM:
         raise IpoError(f"cannot reach the model server at {url} after {self.retries + 1} tries: {reason}",
                        "start the server or check --llm-url") from None
 
-    def chat(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
-             grammar: str | None = None) -> Generation:
+    def generate(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
+                 grammar: str | None = None) -> Generation:
         payload = {
             "model": self.model,
             "messages": list(messages),
@@ -236,8 +236,6 @@ class OpenAIServerLLM:
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
         return Generation(text, seed, choice.get("finish_reason") or "stop",
                           Usage(usage.get("prompt_tokens", 0), cached, usage.get("completion_tokens", 0), seconds))
-
-    generate = chat
 
 
 def load_llm(model: str | None = None, url: str | None = None, url_model: str | None = None,

@@ -140,7 +140,7 @@ class ClipModel:
         for i, path in enumerate(paths):
             try:
                 keys[i] = self.image_key(sha256_file(path))
-            except OSError as exc:
+            except OSError:  # unreadable: load_image below reports why
                 keys[i] = ""
                 todo.append(i)
                 continue

@@ -1,7 +1,6 @@
 import sqlite3
 
 import numpy as np
-import pytest
 
 from ipo_cli import cache
 

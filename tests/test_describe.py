@@ -6,7 +6,6 @@ import io
 import json
 import shutil
 
-import pytest
 from PIL import Image
 
 from conftest import run_ipo

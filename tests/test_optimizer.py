@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-from ipo_cli import meta_prompt as mp
 from ipo_cli.errors import IpoError
 from ipo_cli.llm import Generation, Usage
 from ipo_cli.optimizer import BASELINE, LoopSettings, Optimizer, ScoreResult, candidate_seed
