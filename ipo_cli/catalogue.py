@@ -1,14 +1,24 @@
 """The model catalogue (models/*.json), the local model store and `pull`.
 
-A catalogue entry names a GGUF model on the Hugging Face hub: repository, revision, the
-model file (or a glob pattern documented by its publisher) and, for a multimodal model,
-its projector (mmproj) file, plus the llama-cpp-python chat handler that fits it.
+A catalogue entry names a GGUF model on the Hugging Face hub: repository, a pinned
+revision (commit hash), the exact model file and, for a multimodal model, its projector
+(mmproj) file, with their sizes and sha256 digests as public references give them (cited
+in the entry), plus the llama-cpp-python chat handler that fits it. An entry may give a
+glob pattern instead of a name (`file_pattern`, `mmproj_pattern`): it resolves against the
+hub's listing by a fixed preference (`MODEL_PREFERENCE`, `MMPROJ_PREFERENCE`), and
+`pull` says which file it chose.
 
 The store lives under `IPO_HOME` (default: the user data directory) in `models/`, with a
 `manifest.json` recording name, paths, sha256, size and when each model was pulled or
-added. Downloads go to `<file>.part` and resume from there with an HTTP Range request,
-whether the connection broke mid-way or the process was killed; the finished file is
-checked against the catalogue's sha256, or the hub's own LFS sha256, and its size.
+added. Before downloading, `pull` looks for the exact file (repo, revision, name) in the
+user's Hugging Face cache (`HF_HUB_CACHE`, `HF_HOME/hub`, ~/.cache/huggingface/hub) and
+uses it in place. Downloads go to `<file>.part` under a lock (a second `pull` of the same
+file waits) and resume from there with an HTTP Range request, whether the connection broke
+mid-way or the process was killed; the finished file is installed only when its sha256
+matches the catalogue's pin or, for an entry without pins, the hub's LFS sha256.
+
+The user's hub token (`HF_TOKEN`, or the one `hf auth login` stored) is sent to the hub's
+own host only, never to the CDN a download is redirected to, and never written anywhere.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -30,6 +42,11 @@ from ipo_cli.errors import IpoError, close_matches
 
 HANDLERS = ("llava-1-5", "llava-1-6", "moondream", "nanollava", "minicpm-v-2.6", "qwen2.5-vl", "mtmd")
 GGUF_MAGIC = b"GGUF"
+# How a pattern that matches several files resolves: the first quantisation named here
+# that one of the matches carries (case-insensitive), else the alphabetically first match.
+MODEL_PREFERENCE = ("Q4_K_M", "Q4_K", "Q4_K_S", "Q5_K_M", "Q8_0", "F16", "BF16", "F32")
+MMPROJ_PREFERENCE = ("Q8_0", "F16", "BF16", "F32")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -41,9 +58,9 @@ class CatalogueEntry:
     source: dict[str, str]
     n_ctx: int = 4096
     handler: str | None = None
-    sha256: dict[str, str] = field(default_factory=dict)  # role -> digest, where published
-    size: int | None = None
-    default: bool = False
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # role -> {size, sha256}, where published
+    cite: list[str] = field(default_factory=list)
+    default_for: list[str] = field(default_factory=list)  # "cpu" and/or "gpu": the default on such a machine
 
     @property
     def repo(self) -> str:
@@ -52,6 +69,19 @@ class CatalogueEntry:
     @property
     def revision(self) -> str:
         return self.source.get("revision", "main")
+
+    @property
+    def size(self) -> int | None:
+        sizes = [f.get("size") for f in self.files.values()]
+        return sum(sizes) if sizes and all(isinstance(n, int) for n in sizes) else None
+
+    @property
+    def pinned(self) -> bool:
+        """Exact files at a commit, each with a published sha256."""
+        roles = ["model"] + (["mmproj"] if self.kind == "lmm" else [])
+        return bool(re.fullmatch(r"[0-9a-f]{40}", self.revision)) and all(
+            self.source.get("file" if r == "model" else r) and
+            SHA256_HEX.match(str((self.files.get(r) or {}).get("sha256", ""))) for r in roles)
 
 
 def _catalogue_dirs() -> list[Path]:
@@ -79,11 +109,12 @@ def load_catalogue() -> dict[str, CatalogueEntry]:
     return entries
 
 
-def default_model(kind: str) -> CatalogueEntry:
+def default_model(kind: str, machine: str = "cpu") -> CatalogueEntry:
+    """The catalogue's default LLM or LMM for a machine: "cpu" or "gpu" (see hardware.py)."""
     for entry in load_catalogue().values():
-        if entry.kind == kind and entry.default:
+        if entry.kind == kind and machine in entry.default_for:
             return entry
-    raise IpoError(f"the catalogue names no default {kind}")
+    raise IpoError(f"the catalogue names no default {kind} for a {machine} machine")
 
 
 # ---- the local store ------------------------------------------------------------------
@@ -249,64 +280,174 @@ def offline() -> bool:
         os.environ.get("IPO_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def hub_token() -> str | None:
+    """The user's hub token: HF_TOKEN, else what `hf auth login` stored (huggingface_hub
+    reads both, and HF_TOKEN_PATH / HF_HOME). Kept in memory only."""
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if token:
+        return token.strip() or None
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 - an unreadable token file means no token
+        return None
+
+
+class _HubRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but drop the Authorization header when one leaves the hub's host:
+    the hub sends downloads to a CDN that must never see the user's token (huggingface_hub
+    does the same)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(endpoint()).netloc:
+            for name in list(new.headers):
+                if name.lower() == "authorization":
+                    del new.headers[name]
+        return new
+
+
+_opener = urllib.request.build_opener(_HubRedirects)
+
+
+def _hub_request(url: str, headers: dict[str, str] | None = None) -> urllib.request.Request:
+    headers = {"User-Agent": "ipo-cli", **(headers or {})}
+    token = hub_token()
+    if token and urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(endpoint()).netloc:
+        headers["Authorization"] = f"Bearer {token}"
+    return urllib.request.Request(url, headers=headers)
+
+
+def _hub_http_error(exc: urllib.error.HTTPError, repo: str, revision: str, what: str) -> IpoError:
+    """The hub's own error codes (X-Error-Code, as huggingface_hub reads them) as one line."""
+    code = exc.headers.get("X-Error-Code", "") if exc.headers else ""
+    if exc.code in (401, 403) or code == "GatedRepo":
+        told = " with your token" if hub_token() else ""
+        return IpoError(
+            f"the hub refused {what} from {repo}{told} (HTTP {exc.code}): the repository is gated or private",
+            f"accept its terms at {endpoint()}/{repo}, then log in with `hf auth login` or set HF_TOKEN",
+        )
+    if code == "RevisionNotFound" or (exc.code == 404 and code != "RepoNotFound" and what == "the file list"):
+        return IpoError(f"{repo} has no revision {revision!r} on the hub (HTTP {exc.code})",
+                        "the catalogue entry needs updating; report it")
+    if code == "RepoNotFound":
+        return IpoError(f"the hub has no repository {repo} (HTTP {exc.code})", "the catalogue entry needs updating")
+    if code == "EntryNotFound" or exc.code == 404:
+        return IpoError(f"{repo}@{revision} has no {what} (HTTP 404)", "the catalogue entry needs updating; report it")
+    return IpoError(f"the model hub refused {what} from {repo}: HTTP {exc.code}")
+
+
 @dataclass
 class RemoteFile:
     role: str
     filename: str
     size: int | None
-    sha256: str | None
+    sha256: str | None  # what the file must hash to
+    verified_by: str  # "catalogue" (a pinned, cited digest) or "hub" (the hub's LFS sha256)
+    chosen_from: list[str] = field(default_factory=list)  # a pattern's matches, when there were several
 
 
-def _http_json(url: str, timeout: float = 30) -> Any:
-    request = urllib.request.Request(url, headers={"User-Agent": "ipo-cli"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+def _http_json(url: str, repo: str, revision: str, timeout: float = 30) -> Any:
+    try:
+        with _opener.open(_hub_request(url), timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise _hub_http_error(exc, repo, revision, "the file list") from None
+
+
+def prefer(matches: list[str], role: str) -> str:
+    """A pattern's matches resolved by the stated preference (see MODEL_PREFERENCE)."""
+    order = MMPROJ_PREFERENCE if role == "mmproj" else MODEL_PREFERENCE
+    for quant in order:
+        tag = re.compile(rf"(?<![A-Za-z0-9]){re.escape(quant)}(?![A-Za-z0-9])", re.IGNORECASE)
+        hits = sorted(m for m in matches if tag.search(Path(m).name))
+        if hits:
+            return hits[0]
+    return sorted(matches)[0]
 
 
 def remote_files(entry: CatalogueEntry) -> list[RemoteFile]:
-    """The exact files to fetch, from the hub's file listing (patterns resolved there)."""
-    url = f"{endpoint()}/api/models/{entry.repo}/tree/{entry.revision}?recursive=true"
+    """The exact files to fetch, checked against the hub's file listing at the entry's
+    revision (patterns resolved there)."""
+    url = f"{endpoint()}/api/models/{entry.repo}/tree/{urllib.parse.quote(entry.revision, safe='')}?recursive=true"
     try:
-        listing = _http_json(url)
+        listing = _http_json(url, entry.repo, entry.revision)
     except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
         raise _network_error(entry.name, exc) from None
-    files = {item["path"]: item for item in listing if item.get("type") == "file"}
+    if not isinstance(listing, list):
+        raise IpoError(f"the hub's file list of {entry.repo}@{entry.revision} is not a list", "is HF_ENDPOINT a hub?")
+    files = {item["path"]: item for item in listing
+             if isinstance(item, dict) and item.get("type") == "file" and isinstance(item.get("path"), str)}
     wanted = [("model", entry.source.get("file"), entry.source.get("file_pattern"))]
     if entry.kind == "lmm":
         wanted.append(("mmproj", entry.source.get("mmproj"), entry.source.get("mmproj_pattern")))
     out = []
     for role, exact, pattern in wanted:
+        chosen_from: list[str] = []
         if exact:
             if exact not in files:
-                raise IpoError(f"{entry.repo}@{entry.revision} has no file {exact!r} any more",
+                raise IpoError(f"{entry.repo}@{entry.revision} has no file {exact!r}",
                                "the catalogue entry needs updating; report it")
             name = exact
         else:
-            matches = sorted(p for p in files if fnmatch.fnmatch(p, pattern) and p.endswith(".gguf")
-                             and (role == "mmproj" or "mmproj" not in p))
-            if len(matches) != 1:
-                raise IpoError(
-                    f"{entry.repo}@{entry.revision}: the {role} pattern {pattern!r} matches "
-                    f"{len(matches)} files ({', '.join(matches[:4]) or 'none'})",
-                    "the catalogue entry needs an exact file name; report it",
-                )
-            name = matches[0]
+            matches = sorted(p for p in files if fnmatch.fnmatch(p, pattern or "") and p.endswith(".gguf")
+                             and (role == "mmproj") == ("mmproj" in p.lower()))
+            if not matches:
+                raise IpoError(f"{entry.repo}@{entry.revision}: no file matches the {role} pattern {pattern!r}",
+                               "the catalogue entry needs updating; report it")
+            name = prefer(matches, role)
+            chosen_from = matches if len(matches) > 1 else []
         item = files[name]
-        lfs = item.get("lfs") or {}
-        sha = entry.sha256.get(role) or lfs.get("oid") or lfs.get("sha256")
-        out.append(RemoteFile(role, name, lfs.get("size") or item.get("size"), sha))
+        lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else {}
+        pin = entry.files.get(role) or {}
+        listed_size = lfs.get("size") if isinstance(lfs.get("size"), int) else item.get("size")
+        listed_size = listed_size if isinstance(listed_size, int) else None
+        if exact and isinstance(pin.get("size"), int) and listed_size is not None and listed_size != pin["size"]:
+            raise IpoError(f"{entry.repo}@{entry.revision}: {name} has {listed_size} bytes on the hub, "
+                           f"the catalogue pins {pin['size']}", "the catalogue entry needs updating; report it")
+        if exact and SHA256_HEX.match(str(pin.get("sha256", ""))):
+            sha, by = pin["sha256"], "catalogue"
+        else:
+            sha = str(lfs.get("oid") or lfs.get("sha256") or "").lower()
+            if not SHA256_HEX.match(sha):
+                raise IpoError(f"the hub lists no valid sha256 for {entry.repo}/{name}, and the catalogue pins none",
+                               "ipo installs only files it can verify; report it")
+            by = "hub"
+        out.append(RemoteFile(role, name, listed_size, sha, by, chosen_from))
     return out
 
 
 def _network_error(name: str, exc: Exception) -> IpoError:
+    if isinstance(exc, IpoError):
+        return exc
     return IpoError(
         f"could not reach the model hub at {endpoint()} to pull {name!r}: {getattr(exc, 'reason', exc)}",
         "check the connection (or HF_ENDPOINT) and run the same command again; finished parts are kept",
     )
 
 
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it (read at call time)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(os.environ["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(hf_home).expanduser() / "hub"
+
+
+def find_in_hf_cache(repo: str, revision: str, filename: str) -> Path | None:
+    """The file as `hf download`, llama.cpp's -hf or transformers left it in the hub cache
+    (models--ORG--NAME/snapshots/REVISION/FILE), for exactly this revision."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()), revision=revision)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
 def download(url: str, dest: Path, expected_size: int | None, progress: Callable[[int, int | None], None] | None = None,
-             retries: int = 3, backoff: float = 0.5) -> None:
+             retries: int = 3, backoff: float = 0.5, what: tuple[str, str] = ("", "")) -> None:
     """Fetch url to dest via dest.part, resuming from whatever .part already holds."""
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -315,11 +456,11 @@ def download(url: str, dest: Path, expected_size: int | None, progress: Callable
         have = part.stat().st_size if part.exists() else 0
         if expected_size is not None and have == expected_size:
             break
-        headers = {"User-Agent": "ipo-cli", "Accept-Encoding": "identity"}
+        headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as response:
+            with _opener.open(_hub_request(url, headers), timeout=60) as response:
                 if have and response.status != 206:  # the server ignored Range: start again
                     have = 0
                     part.unlink(missing_ok=True)
@@ -339,55 +480,99 @@ def download(url: str, dest: Path, expected_size: int | None, progress: Callable
             if exc.code == 416:  # asked past the end: .part is bigger than the file
                 part.unlink(missing_ok=True)
             elif exc.code < 500:
-                raise IpoError(f"the model hub refused {url}: HTTP {exc.code}") from None
+                raise _hub_http_error(exc, what[0] or url, what[1], f"file {dest.name}") from None
             attempt += 1
             if attempt > retries:
-                raise IpoError(f"download of {dest.name} failed: HTTP {exc.code}",
+                raise IpoError(f"download of {dest.name} failed after {retries + 1} tries: HTTP {exc.code}",
                                "run the same command again to resume") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             attempt += 1
             if attempt > retries:
                 raise IpoError(
-                    f"download of {dest.name} was interrupted at {have} bytes: {getattr(exc, 'reason', exc)}",
+                    f"download of {dest.name} was interrupted at {have} bytes after {retries + 1} tries: "
+                    f"{getattr(exc, 'reason', exc)}",
                     "run the same command again to resume from there",
                 ) from None
         time.sleep(backoff * attempt)
     part.replace(dest)
 
 
-def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int, int | None], None]] | None = None) -> LocalModel:
-    """Download a catalogue model into the store, verify it and record it in the manifest."""
+def _check(path: Path, remote: RemoteFile, name: str, delete: bool) -> str:
+    """Size and sha256 of a file against what it must be; returns the digest."""
+    size = path.stat().st_size
+    if remote.size is not None and size != remote.size:
+        if delete:
+            path.unlink()
+        raise IpoError(f"{remote.filename} has {size} bytes, the hub says {remote.size}"
+                       + ("; the file was deleted" if delete else ""), f"run: ipo models pull {name}")
+    digest = sha256_file(path)
+    if digest != remote.sha256:
+        if delete:
+            path.unlink()
+        raise IpoError(
+            f"{remote.filename} failed its checksum (sha256 {digest[:12]}..., expected {remote.sha256[:12]}... "
+            f"from the {remote.verified_by})" + ("; the file was deleted" if delete else ""),
+            f"run: ipo models pull {name}",
+        )
+    return digest
+
+
+def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int, int | None], None]] | None = None,
+         notify: Callable[[str], None] | None = None) -> LocalModel:
+    """Download a catalogue model into the store (or use the user's Hugging Face cache copy),
+    verify it and record it in the manifest. `notify` hears what was chosen and reused."""
+    from filelock import FileLock, Timeout
+
+    say = notify or (lambda message: None)
     catalogue = load_catalogue()
     if name not in catalogue:
         raise IpoError(f"unknown model {name!r}" + close_matches(name, list(catalogue)), "see: ipo models list")
     entry = catalogue[name]
+    files = None
     if offline():
-        raise IpoError(f"cannot pull {name!r} while offline (HF_HUB_OFFLINE or IPO_OFFLINE is set)",
-                       f"unset it and run: ipo models pull {name}")
-    files = remote_files(entry)
+        # Offline, the user's hub cache can still serve a fully pinned entry.
+        if not entry.pinned:
+            raise IpoError(f"cannot pull {name!r} while offline (HF_HUB_OFFLINE or IPO_OFFLINE is set)",
+                           f"unset it and run: ipo models pull {name}")
+        files = [RemoteFile(role, entry.source["file" if role == "model" else role], pin["size"], pin["sha256"],
+                            "catalogue") for role, pin in sorted(entry.files.items())]
+    else:
+        files = remote_files(entry)
     target = models_dir() / name
     records: dict[str, dict[str, Any]] = {}
     for remote in files:
+        if remote.chosen_from:
+            say(f"{remote.role} pattern matched {', '.join(remote.chosen_from)}; chose {remote.filename} "
+                f"(preference {' > '.join(MMPROJ_PREFERENCE if remote.role == 'mmproj' else MODEL_PREFERENCE)})")
+        cached = find_in_hf_cache(entry.repo, entry.revision, remote.filename)
+        if cached is not None:
+            digest = _check(cached, remote, name, delete=False)
+            say(f"using {remote.filename} from your Hugging Face cache: {cached}")
+            records[remote.role] = {"path": str(cached), "sha256": digest, "size": cached.stat().st_size,
+                                    "file": remote.filename, "verified": remote.verified_by, "from": "hf-cache"}
+            continue
+        if offline():
+            raise IpoError(f"cannot pull {name!r} while offline: {remote.filename} is not in your Hugging Face cache "
+                           f"({hf_cache_dir()})", f"unset HF_HUB_OFFLINE / IPO_OFFLINE and run: ipo models pull {name}")
         dest = target / Path(remote.filename).name
-        url = f"{endpoint()}/{entry.repo}/resolve/{entry.revision}/{remote.filename}"
-        if not (dest.is_file() and remote.size is not None and dest.stat().st_size == remote.size):
-            callback = progress_factory(remote.filename, remote.size) if progress_factory else None
-            download(url, dest, remote.size, callback)
-        size = dest.stat().st_size
-        digest = sha256_file(dest)
-        if remote.size is not None and size != remote.size:
-            dest.unlink()
-            raise IpoError(f"{remote.filename} has {size} bytes, the hub says {remote.size}; the file was deleted",
-                           f"run: ipo models pull {name}")
-        if remote.sha256 and len(remote.sha256) == 64 and digest != remote.sha256:
-            dest.unlink()
-            raise IpoError(
-                f"{remote.filename} failed its checksum (sha256 {digest[:12]}..., expected {remote.sha256[:12]}...); "
-                "the file was deleted",
-                f"run: ipo models pull {name}",
-            )
-        records[remote.role] = {"path": str(dest), "sha256": digest, "size": size, "file": remote.filename,
-                                "verified": bool(remote.sha256)}
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(dest) + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            say(f"another ipo is downloading {remote.filename}; waiting for it to finish")
+            lock.acquire()
+        try:
+            url = (f"{endpoint()}/{entry.repo}/resolve/{urllib.parse.quote(entry.revision, safe='')}/"
+                   f"{urllib.parse.quote(remote.filename)}")
+            if not (dest.is_file() and remote.size is not None and dest.stat().st_size == remote.size):
+                callback = progress_factory(remote.filename, remote.size) if progress_factory else None
+                download(url, dest, remote.size, callback, what=(entry.repo, entry.revision))
+            digest = _check(dest, remote, name, delete=True)
+        finally:
+            lock.release()
+        records[remote.role] = {"path": str(dest), "sha256": digest, "size": dest.stat().st_size,
+                                "file": remote.filename, "verified": remote.verified_by, "from": "download"}
     model = LocalModel(name, entry.kind, records, entry.handler, entry.n_ctx, "catalogue", _now())
     Manifest().put(model)
     return model
@@ -403,6 +588,7 @@ class ListedModel:
     note: str
     handler: str | None
     path: str | None
+    pinned: bool | None = None  # catalogue entries: exact files at a commit with published sha256s
 
 
 def list_models() -> list[ListedModel]:
@@ -412,8 +598,8 @@ def list_models() -> list[ListedModel]:
     for name, entry in catalogue.items():
         local = installed.get(name)
         size = sum(f["size"] for f in local.files.values()) if local else entry.size
-        rows.append(ListedModel(name, entry.kind, local is not None, size, f"hf:{entry.repo}", entry.note,
-                                entry.handler, str(local.path) if local else None))
+        rows.append(ListedModel(name, entry.kind, local is not None, size, f"hf:{entry.repo}@{entry.revision[:12]}",
+                                entry.note, entry.handler, str(local.path) if local else None, entry.pinned))
     for name, local in installed.items():
         if name not in catalogue:
             rows.append(ListedModel(name, local.kind, True, sum(f["size"] for f in local.files.values()), "added",
@@ -422,11 +608,13 @@ def list_models() -> list[ListedModel]:
 
 
 def remove(name: str) -> LocalModel:
-    """Forget a model; delete its files only when ipo downloaded them."""
+    """Forget a model; delete its files only when ipo downloaded them (never a file it
+    used in place from the user's Hugging Face cache)."""
     model = Manifest().remove(name)
     if model.source == "catalogue":
         for record in model.files.values():
-            Path(record["path"]).unlink(missing_ok=True)
+            if record.get("from") != "hf-cache":
+                Path(record["path"]).unlink(missing_ok=True)
         folder = models_dir() / name
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()

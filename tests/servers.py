@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -37,15 +39,41 @@ class _Server:
 
 
 class FakeHub(_Server):
-    """Serves files the way the hub does: a tree listing with LFS sha256 and size, and
-    /resolve/ downloads that honour Range. `drop_after` cuts the first N downloads short."""
+    """The Hugging Face hub as huggingface_hub meets it (huggingface_hub/utils/_http.py reads
+    the X-Error-Code header): `GET /api/models/REPO/tree/REV` lists files with their size and,
+    for LFS files, `lfs.oid` (sha256) and `lfs.size`; `/REPO/resolve/REV/FILE` answers a 302
+    to a CDN on another host (a second server here) that serves the bytes with Range. A
+    gated repo answers 401 (X-Error-Code: GatedRepo) without `Authorization: Bearer TOKEN`;
+    an unknown revision 404 (RevisionNotFound); an unknown repo 401 (RepoNotFound), as the
+    hub does for anonymous requests. `drop_after` cuts the first `drops` downloads short."""
 
-    def __init__(self, repo: str, files: dict[str, bytes], revision: str = "main",
-                 listed_sha: dict[str, str] | None = None, drop_after: int | None = None, drops: int = 0):
-        self.repo, self.files, self.revision = repo, files, revision
-        self.listed_sha = listed_sha or {}
+    def __init__(self, repo: str | None = None, files: dict[str, bytes] | None = None, revision: str = "main",
+                 listed_sha: dict[str, str] | None = None, drop_after: int | None = None, drops: int = 0,
+                 gated: bool = False, token: str = "hf_test_token"):
+        self.repos: dict[str, dict] = {}
+        self.token = token
         self.drop_after, self.drops = drop_after, drops
+        self.cdn_delay = 0.0  # seconds before each download's first byte
+        if repo is not None:
+            self.add_repo(repo, files or {}, revision, listed_sha, gated)
+        self.cdn = _Server(_CdnHandler)
+        self.cdn.hub = self
         super().__init__(_HubHandler)
+
+    def add_repo(self, repo: str, files: dict[str, bytes], revision: str = "main",
+                 listed_sha: dict[str, str | None] | None = None, gated: bool = False,
+                 small_files: dict[str, bytes] | None = None) -> None:
+        """`files` are LFS files (listed with their sha256); `small_files` plain git files."""
+        self.repos[repo] = {"revision": revision, "files": files, "listed_sha": listed_sha or {}, "gated": gated,
+                            "small": small_files if small_files is not None else {"README.md": b"# model card\n"}}
+
+    def __enter__(self):
+        self.cdn.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        self.cdn.__exit__(*exc)
 
 
 class _HubHandler(BaseHTTPRequestHandler):
@@ -54,42 +82,95 @@ class _HubHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         hub = self.server_state
-        hub.requests.append({"path": self.path, "range": self.headers.get("Range")})
-        tree = f"/api/models/{hub.repo}/tree/{hub.revision}"
-        resolve = f"/{hub.repo}/resolve/{hub.revision}/"
-        if self.path.split("?")[0] == tree:
-            listing = [{"type": "file", "path": name, "size": len(data),
-                        "lfs": {"oid": hub.listed_sha.get(name, hashlib.sha256(data).hexdigest()), "size": len(data)}}
-                       for name, data in hub.files.items()]
-            listing.append({"type": "file", "path": "README.md", "size": 10})
+        path = urllib.parse.unquote(self.path.split("?")[0])
+        hub.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                             "auth": self.headers.get("Authorization"), "host": "hub"})
+        for repo, info in hub.repos.items():
+            tree = f"/api/models/{repo}/tree/"
+            resolve = f"/{repo}/resolve/"
+            if path.startswith(tree) or path.startswith(resolve):
+                break
+        else:
+            return self._error(401, "RepoNotFound", "Repository Not Found")
+        if info["gated"] and self.headers.get("Authorization") != f"Bearer {hub.token}":
+            return self._error(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access "
+                                                   "to it and be authenticated to access it. Please log in.")
+        if path.startswith(tree):
+            if path[len(tree):] != info["revision"]:
+                return self._error(404, "RevisionNotFound", f"Invalid rev id: {path[len(tree):]}")
+            listing = [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name,
+                        "lfs": {"oid": info["listed_sha"].get(name, hashlib.sha256(data).hexdigest()),
+                                "size": len(data), "pointerSize": 134}}
+                       for name, data in info["files"].items()]
+            for item in listing:
+                if item["lfs"]["oid"] is None:
+                    del item["lfs"]
+            listing += [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
+                        for name, data in info["small"].items()]
             return self._send(200, json.dumps(listing).encode(), "application/json")
-        if self.path.startswith(resolve) and self.path[len(resolve):] in hub.files:
-            data = hub.files[self.path[len(resolve):]]
-            start = 0
-            if self.headers.get("Range"):
-                start = int(self.headers["Range"].split("=")[1].split("-")[0])
-            body = data[start:]
-            self.send_response(206 if start else 200)
-            self.send_header("Content-Length", str(len(body)))
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.end_headers()
-            if hub.drops > 0 and hub.drop_after is not None:
-                hub.drops -= 1
-                self.wfile.write(body[: hub.drop_after])
-                self.wfile.flush()
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            self.wfile.write(body)
-            return
-        self._send(404, b'{"error": "not found"}', "application/json")
+        revision, _, name = path[len(resolve):].partition("/")
+        if revision != info["revision"]:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        if name not in info["files"]:
+            return self._error(404, "EntryNotFound", f"{name} does not exist on {revision}")
+        # LFS content lives on a CDN: a redirect to another host, as the real hub does
+        self.send_response(302)
+        self.send_header("Location", f"{hub.cdn.url}/{repo}/{name}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _error(self, code: int, error_code: str, message: str):
+        body = json.dumps({"error": message}).encode()
+        self.send_response(code)
+        self.send_header("X-Error-Code", error_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send(self, code: int, body: bytes, ctype: str):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
+
+
+class _CdnHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        cdn = self.server_state
+        hub = cdn.hub
+        path = urllib.parse.unquote(self.path)
+        hub.requests.append({"path": self.path, "range": self.headers.get("Range"),
+                             "auth": self.headers.get("Authorization"), "host": "cdn"})
+        data = None
+        for repo, info in hub.repos.items():
+            if path.startswith(f"/{repo}/") and path[len(repo) + 2:] in info["files"]:
+                data = info["files"][path[len(repo) + 2:]]
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+        body = data[start:]
+        time.sleep(hub.cdn_delay)
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body)))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.end_headers()
+        if hub.drops > 0 and hub.drop_after is not None:
+            hub.drops -= 1
+            self.wfile.write(body[: hub.drop_after])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         self.wfile.write(body)
 
 
@@ -128,3 +209,202 @@ class _ChatHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+# ---- OpenAI's API as it really answers ---------------------------------------------------
+# The request body fields of POST /v1/chat/completions in OpenAI's API reference
+# (platform.openai.com/docs/api-reference/chat/create); anything else is a 400
+# "Unrecognized request argument supplied: NAME" (invalid_request_error), as OpenAI answers.
+OPENAI_CHAT_FIELDS = {
+    "messages", "model", "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+    "max_completion_tokens", "max_tokens", "metadata", "modalities", "n", "parallel_tool_calls", "prediction",
+    "presence_penalty", "prompt_cache_key", "reasoning_effort", "response_format", "safety_identifier", "seed",
+    "service_tier", "stop", "store", "stream", "stream_options", "temperature", "tool_choice", "tools",
+    "top_logprobs", "top_p", "user", "verbosity", "web_search_options",
+}
+
+
+class FakeOpenAI(_Server):
+    """An OpenAI-style API: 401 without `Authorization: Bearer KEY` (or with a wrong key), 400
+    for any body field OpenAI does not accept, 404 for a model it does not serve; answers
+    `reply(payload)`, as a JSON object {"prompt": ...} when a json_schema response_format
+    was asked for."""
+
+    def __init__(self, key: str = "sk-test-abcdef123456", models=("gpt-4o-mini",), reply=None, latency: float = 0.0):
+        self.key, self.models, self.latency = key, list(models), latency
+        self.reply = reply or (lambda payload: "<INS>A detailed photo of a <CLASS>.</INS>")
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        super().__init__(_OpenAIHandler)
+
+    @property
+    def payloads(self) -> list[dict]:
+        return [r["json"] for r in self.requests if "json" in r]
+
+
+class _OpenAIHandler(BaseHTTPRequestHandler):
+    server_state: FakeOpenAI
+
+    def _auth_ok(self) -> bool:
+        state = self.server_state
+        header = self.headers.get("Authorization") or ""
+        if header == f"Bearer {state.key}":
+            return True
+        shown = header.removeprefix("Bearer ")
+        message = ("You didn't provide an API key." if not header else
+                   f"Incorrect API key provided: {shown[:3]}***{shown[-4:]}. You can find your API key at "
+                   "https://platform.openai.com/account/api-keys.")
+        self._json(401, {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                   "code": "invalid_api_key"}})
+        return False
+
+    def do_GET(self):
+        state = self.server_state
+        state.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+        if not self._auth_ok():
+            return
+        if self.path == "/v1/models":
+            return self._json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"} for m in state.models]})
+        self._json(404, {"error": {"message": f"Invalid URL (GET {self.path})", "type": "invalid_request_error"}})
+
+    def do_POST(self):
+        state = self.server_state
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        state.requests.append({"path": self.path, "json": payload, "auth": self.headers.get("Authorization")})
+        if not self._auth_ok():
+            return
+        if self.path != "/v1/chat/completions":
+            return self._json(404, {"error": {"message": f"Invalid URL (POST {self.path})"}})
+        unknown = sorted(set(payload) - OPENAI_CHAT_FIELDS)
+        if unknown:
+            return self._json(400, {"error": {"message": f"Unrecognized request argument supplied: {unknown[0]}",
+                                              "type": "invalid_request_error", "param": None, "code": None}})
+        if payload.get("model") not in state.models:
+            return self._json(404, {"error": {"message": f"The model `{payload.get('model')}` does not exist or "
+                                                         "you do not have access to it.", "code": "model_not_found"}})
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            time.sleep(state.latency)
+            text = state.reply(payload)
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+        fmt = payload.get("response_format") or {}
+        if fmt.get("type") == "json_schema":
+            inner = text.removeprefix("<INS>").removesuffix("</INS>")
+            text = json.dumps({"prompt": inner})
+        self._json(200, {
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": payload["model"],
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": 120, "completion_tokens": 9, "total_tokens": 129,
+                      "prompt_tokens_details": {"cached_tokens": 64}},
+        })
+
+    def _json(self, code: int, data: dict):
+        body = json.dumps(data).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+# ---- Ollama as it really answers (github.com/ollama/ollama docs/api.md, docs/openai.md) ----
+class FakeOllama(_Server):
+    """GET /api/version, GET /api/tags, POST /api/show (model_info with
+    "<arch>.context_length"), POST /api/chat (options.num_ctx, format = a JSON schema,
+    images as base64), GET /v1/models (owned_by "library"), 404 {"error": "model 'x' not
+    found"} for an unknown model. A prompt longer than num_ctx (default 2048) is cut to
+    its last num_ctx tokens, silently, as Ollama does; `truncated` counts those."""
+
+    def __init__(self, models=None, reply=None, tokens_per_char: float = 0.25):
+        self.models = models or {"qwen2.5:1.5b": 32768}
+        self.reply = reply or (lambda payload: '{"prompt": "A close photo of a <CLASS>."}')
+        self.tokens_per_char = tokens_per_char
+        self.truncated = 0
+        super().__init__(_OllamaHandler)
+
+    @property
+    def chats(self) -> list[dict]:
+        return [r["json"] for r in self.requests if r["path"] == "/api/chat"]
+
+
+class _OllamaHandler(BaseHTTPRequestHandler):
+    server_state: FakeOllama
+
+    def do_GET(self):
+        state = self.server_state
+        state.requests.append({"path": self.path, "auth": self.headers.get("Authorization")})
+        if self.path == "/api/version":
+            return self._json(200, {"version": "0.12.6"})
+        if self.path == "/api/tags":
+            return self._json(200, {"models": [{"name": m, "model": m} for m in state.models]})
+        if self.path == "/v1/models":
+            return self._json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": "library"} for m in state.models]})
+        self._json(404, {"error": "404 page not found"})
+
+    def do_POST(self):
+        state = self.server_state
+        payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        state.requests.append({"path": self.path, "json": payload, "auth": self.headers.get("Authorization")})
+        model = payload.get("model")
+        if self.path in ("/api/show", "/api/chat") and model not in state.models:
+            return self._json(404, {"error": f"model '{model}' not found"})
+        if self.path == "/api/show":
+            return self._json(200, {"details": {"family": "qwen2"}, "model_info": {
+                "general.architecture": "qwen2", "qwen2.context_length": state.models[model]}})
+        if self.path == "/api/chat":
+            num_ctx = (payload.get("options") or {}).get("num_ctx") or 2048
+            prompt_tokens = int(sum(len(m.get("content", "")) for m in payload["messages"]) * state.tokens_per_char)
+            if prompt_tokens > num_ctx:
+                state.truncated += 1
+                prompt_tokens = num_ctx
+            return self._json(200, {"model": model, "created_at": "2026-11-28T00:00:00Z",
+                                    "message": {"role": "assistant", "content": state.reply(payload)},
+                                    "done": True, "done_reason": "stop",
+                                    "prompt_eval_count": prompt_tokens, "eval_count": 12})
+        self._json(404, {"error": "404 page not found"})
+
+    def _json(self, code: int, data: dict):
+        body = json.dumps(data).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class TrickleServer(_Server):
+    """Sends its headers, then one byte every `every` seconds: only a total deadline ends it."""
+
+    def __init__(self, every: float = 0.5):
+        self.every = every
+        super().__init__(_TrickleHandler)
+
+
+class _TrickleHandler(BaseHTTPRequestHandler):
+    server_state: TrickleServer
+
+    def do_GET(self):
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(200):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(self.server_state.every)
+        except OSError:
+            pass
