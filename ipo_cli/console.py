@@ -9,17 +9,19 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.text import Text
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    """The message is plain text: brackets in paths, names or prompts print as they are."""
+    err.print(Text.assemble(("warning:", "yellow"), " ", str(message)), highlight=False)
 
 
 def fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False)
 
 
 @contextlib.contextmanager

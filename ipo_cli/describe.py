@@ -71,7 +71,8 @@ class VisionBackend(Protocol):
 class LlamaCppVision:
     """A GGUF multimodal model with its projector, through a llama-cpp-python chat handler."""
 
-    def __init__(self, model_path: Path, mmproj: Path, handler: str, n_ctx: int = 4096, identity: str | None = None):
+    def __init__(self, model_path: Path, mmproj: Path, handler: str, n_ctx: int = 4096, identity: str | None = None,
+                 gpu_layers: int | None = None):
         from ipo_cli.catalogue import check_gguf
 
         check_gguf(model_path)
@@ -81,12 +82,15 @@ class LlamaCppVision:
         import llama_cpp.llama_chat_format as chat_format
         from llama_cpp import Llama
 
+        from ipo_cli.llm import resolve_gpu_layers
+
         cls = getattr(chat_format, HANDLER_CLASSES[handler], None)
         if cls is None:
             raise IpoError(f"this llama-cpp-python has no {HANDLER_CLASSES[handler]}", "upgrade llama-cpp-python")
         try:
             chat_handler = cls(clip_model_path=str(mmproj), verbose=False)
-            self.llama = Llama(str(model_path), chat_handler=chat_handler, n_ctx=n_ctx, verbose=False)
+            self.llama = Llama(str(model_path), chat_handler=chat_handler, n_ctx=n_ctx, verbose=False,
+                               n_gpu_layers=resolve_gpu_layers(gpu_layers))
             # The handler loads the projector on first use; load it now so that a
             # projector that does not fit the model fails here, before any image.
             init = getattr(chat_handler, "_init_mtmd_context", None)
@@ -114,6 +118,7 @@ class ServerVision:
         from ipo_cli.llm import OpenAIServerLLM
 
         self.client = OpenAIServerLLM(base_url, model, **kwargs)
+        self.client.detect()  # which server, which model: the identity captions are cached under
         self.identity = self.client.identity
 
     def describe(self, data_uri: str, settings: CaptionSettings) -> str:
@@ -234,12 +239,16 @@ def collect_images(images: Path, classes: Path | None = None):
 
 
 def load_vision(model: str | None = None, mmproj: Path | None = None, handler: str | None = None,
-                url: str | None = None, url_model: str | None = None, n_ctx: int | None = None) -> VisionBackend:
+                url: str | None = None, url_model: str | None = None, n_ctx: int | None = None,
+                gpu_layers: int | None = None, machine: str = "cpu") -> VisionBackend:
     """`--lmm NAME|FILE [--mmproj FILE] [--handler H]` or `--lmm-url URL [--lmm-model NAME]`."""
     if url:
+        from ipo_cli.llm import check_url
+
+        check_url(url, "--lmm-url")
         return ServerVision(url, url_model)
     from ipo_cli.catalogue import default_model, resolve
 
-    local = resolve(model or default_model("lmm").name, "lmm", mmproj)
+    local = resolve(model or default_model("lmm", machine).name, "lmm", mmproj)
     return LlamaCppVision(local.path, local.mmproj, handler or local.handler or "mtmd",
-                          n_ctx=n_ctx or local.n_ctx, identity=local.identity)
+                          n_ctx=n_ctx or local.n_ctx, identity=local.identity, gpu_layers=gpu_layers)

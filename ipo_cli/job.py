@@ -157,9 +157,40 @@ def versions() -> dict:
     return out
 
 
+def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
+    """Which LLM and LMM run, where, and why (the defaults follow the machine)."""
+    from ipo_cli import catalogue, hardware
+
+    plan: dict[str, Any] = {}
+    need_local = (not request.llm_url) or (use_lmm and not request.lmm_url)
+    found = hardware.machine() if need_local else None
+    if found is not None:
+        plan["machine"] = found.kind
+        plan["machine_why"] = found.why
+        if found.warning:
+            plan["warning"] = found.warning
+    where = hardware.where(gpu_layers) if need_local else None
+    for role, given, url, used in (("llm", request.llm, request.llm_url, True),
+                                   ("lmm", request.lmm, request.lmm_url, use_lmm)):
+        if not used:
+            plan[role], plan[f"{role}_where"] = "none", None
+        elif url:
+            plan[role], plan[f"{role}_where"] = url, "server"
+        else:
+            plan[role] = given or catalogue.default_model(role, found.kind).name
+            plan[f"{role}_where"] = where
+            if not given:
+                plan[f"{role}_why"] = f"default for a {found.kind} machine: {found.why}"
+    return plan
+
+
 def run(request: Request, out: Path, resume: bool = False, force: bool = False, offline: bool = False,
-        cache_dir: Path | None = None, reporter: Reporter | None = None, device: str = "auto") -> dict:
-    from ipo_cli import cache, catalogue, describe, evaluate, report, vision
+        cache_dir: Path | None = None, reporter: Reporter | None = None, device: str = "auto",
+        gpu_layers: int | None = None, parallel: int | None = None) -> dict:
+    """The whole `ipo optimize`. `gpu_layers` (llama.cpp offload) and `parallel` (candidates
+    in flight to a server; default: --candidates) change where and how fast, not what is
+    computed, so they are not part of the run's saved settings."""
+    from ipo_cli import cache, describe, evaluate, report, vision
     from ipo_cli.llm import load_llm
     from ipo_cli.optimizer import ClipScorer, Optimizer
     from ipo_cli.runs import RunFolder, compare_settings
@@ -176,14 +207,18 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         raise IpoError(f"--select must be train or val, not {request.select!r}")
     full, train, val = _sample(request)
     use_lmm = (request.lmm or "").lower() != "none"
+    if parallel is not None and parallel < 1:
+        raise IpoError(f"--parallel must be at least 1, not {parallel}")
+    models_plan = model_plan(request, use_lmm, gpu_layers)
+    parallel = parallel or request.candidates
     plan = {
         "images": len(full.items), "classes": len(full.classnames), "train_classes": len(train.classnames),
         "shots": request.shots, "train_images": len(train.items), "val_images": len(val.items) if val else 0,
         "steps": request.steps, "candidates": request.candidates,
         "llm_calls_max": request.steps * request.candidates,
         "captions": len(train.items) if use_lmm else 0,
-        "llm": request.llm_url or request.llm or catalogue.default_model("llm").name,
-        "lmm": (request.lmm_url or request.lmm or catalogue.default_model("lmm").name) if use_lmm else "none",
+        **models_plan,
+        "parallel": parallel if request.llm_url else 1,
         "clip": request.clip, "out": str(out),
     }
     reporter.plan(plan)
@@ -213,8 +248,10 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     lmm_identity = "none"
     if use_lmm:
         with reporter.status("loading the multimodal model"):
-            backend = describe.load_vision(request.lmm, Path(request.mmproj) if request.mmproj else None,
-                                           request.handler, request.lmm_url, request.lmm_model)
+            backend = describe.load_vision(plan["lmm"] if not request.lmm_url else None,
+                                           Path(request.mmproj) if request.mmproj else None,
+                                           request.handler, request.lmm_url, request.lmm_model,
+                                           gpu_layers=gpu_layers)
         lmm_identity = backend.identity
         captioner = describe.Captioner(backend, cache.Store(root, "captions"))
         paths = train_set.dataset.paths
@@ -225,7 +262,8 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         descriptions = [c.caption for c in captions.captions]
 
     with reporter.status("loading the LLM"):
-        llm = load_llm(request.llm, request.llm_url, request.llm_model, request.n_ctx)
+        llm = load_llm(plan["llm"] if not request.llm_url else None, request.llm_url, request.llm_model,
+                       request.n_ctx, gpu_layers=gpu_layers)
     models = {"llm": llm.identity, "lmm": lmm_identity, "clip": clip.identity}
     config = {
         "ipo_version": __version__,
@@ -249,12 +287,13 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     loop = LoopSettings(**{f.name: getattr(request, f.name) for f in fields(LoopSettings) if hasattr(request, f.name)})
     scorer = ClipScorer(clip, train_set, val_set)
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
-                          on_step=reporter.step)
+                          on_step=reporter.step, parallel=parallel)
     result = optimizer.run()
     name = Path(request.images).resolve().name
     report.write_outputs(folder, result, name, clip.identity, request.select,
                          {"run": str(folder.path), "models": models, "seed": request.seed})
     summary = summarize(result, folder, models, time.perf_counter() - started)
+    summary["plan"] = plan
     if request.base_novel and not result.interrupted:
         test = _test_set(request, full)
         with reporter.progress("embedding test images", len(test.items)) as advance:

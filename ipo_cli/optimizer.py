@@ -139,8 +139,11 @@ class LoopResult:
 class Optimizer:
     def __init__(self, llm: LLM, scorer: Scorer, folder: RunFolder, settings: LoopSettings,
                  descriptions: Sequence[str] = (), generation_cache: Store | None = None,
-                 on_step: Callable[[dict, LoopState], None] | None = None):
+                 on_step: Callable[[dict, LoopState], None] | None = None, parallel: int = 1):
         self.llm, self.scorer, self.folder, self.settings = llm, scorer, folder, settings
+        # Candidates of a step go to a server concurrently (--parallel); an in-process
+        # llama.cpp model has one context, so it answers them in turn.
+        self.parallel = max(1, parallel) if getattr(llm, "supports_parallel", False) else 1
         self.descriptions = list(descriptions)
         self.cache = generation_cache
         self.on_step = on_step
@@ -168,10 +171,15 @@ class Optimizer:
             out.update(val_accuracy=val.accuracy, val_loss=val.loss)
         return out
 
-    def propose(self, step: int, attempt: int, index: int, messages: list[dict]) -> dict:
+    def propose(self, step: int, attempt: int, index: int, messages: list[dict],
+                generated: tuple[Generation, bool, float] | None = None) -> dict:
         seed = candidate_seed(self.settings.seed, step, attempt, index)
         start = time.perf_counter()
-        gen, cached = self.generate(messages, seed)
+        if generated is None:
+            gen, cached = self.generate(messages, seed)
+        else:  # fetched concurrently with the step's other candidates
+            gen, cached, seconds = generated
+            start -= seconds
         checked = self.validator.check(gen.text)
         reason = checked.reason
         if reason and gen.finish_reason == "length":
@@ -225,10 +233,12 @@ class Optimizer:
         self.folder.write_meta_prompt(step, meta.text)
         records = []
         for attempt in range(RETRIES + 1):
+            todo = [i for i in range(self.settings.candidates) if (step, attempt, i) not in state.partial]
+            fetched = self.fetch_parallel(step, attempt, todo, meta.messages)
             for index in range(self.settings.candidates):
                 record = state.partial.pop((step, attempt, index), None)
                 if record is None:
-                    record = self.propose(step, attempt, index, meta.messages)
+                    record = self.propose(step, attempt, index, meta.messages, fetched.get(index))
                     self.folder.append(record)
                     state.count(record)
                 if record["valid"]:
@@ -238,6 +248,23 @@ class Optimizer:
             if any(r["valid"] for r in records):
                 break
         self.finish_step(state, step, records, meta, time.perf_counter() - start)
+
+    def fetch_parallel(self, step: int, attempt: int, indices: list[int],
+                       messages: list[dict]) -> dict[int, tuple[Generation, bool, float]]:
+        """The answers for these candidates, asked for at once (up to --parallel in flight).
+        Seeds stay per index, and records are still validated and written in index order,
+        so a parallel run writes exactly the history of a sequential one."""
+        if self.parallel < 2 or len(indices) < 2:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(index: int) -> tuple[Generation, bool, float]:
+            start = time.perf_counter()
+            gen, cached = self.generate(messages, candidate_seed(self.settings.seed, step, attempt, index))
+            return gen, cached, time.perf_counter() - start
+
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(indices))) as pool:
+            return dict(zip(indices, pool.map(one, indices)))
 
     def finish_step(self, state: LoopState, step: int, records: list[dict], meta, seconds: float) -> None:
         best = min(state.valid, key=lambda r: rank_key(r, "train"))

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ipo_cli.dataset import UnreadableImage, load_image
 from ipo_cli.errors import IpoError, close_matches
 
 DEFAULT_CLIP = "ViT-B-16:openai"
+AUTOCAST_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,19 @@ def parse_clip(model: str, weights: Path | str | None = None) -> ClipSpec:
 class ClipModel:
     """A loaded open_clip model with cached image embedding and fast text encoding."""
 
-    def __init__(self, spec: ClipSpec, model, preprocess, tokenizer, device: str = "cpu"):
+    def __init__(self, spec: ClipSpec, model, preprocess, tokenizer, device: str = "cpu", precision: str = "auto"):
         import open_clip
         import torch
 
         self.spec = spec
         self.device = device
+        # Image forward passes run under autocast: fp16 on CUDA by default (tensor cores,
+        # half the memory traffic), fp32 elsewhere; bf16 can be asked for on any device.
+        if precision == "auto":
+            precision = "fp16" if device.startswith("cuda") else "fp32"
+        if precision not in AUTOCAST_DTYPES:
+            raise IpoError(f"CLIP precision must be auto, {', '.join(AUTOCAST_DTYPES)}, not {precision!r}")
+        self.precision = precision
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
@@ -116,7 +126,23 @@ class ClipModel:
 
     # ---- images -------------------------------------------------------------------
     def image_key(self, file_sha: str) -> str:
-        return "img:" + key_of(file_sha, self.identity, self.preprocess_id, self.open_clip_version)
+        extra = () if self.precision == "fp32" else (self.precision,)  # fp32 keys predate the precision
+        return "img:" + key_of(file_sha, self.identity, self.preprocess_id, self.open_clip_version, *extra)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        return torch.autocast(device_type=device_type, dtype=getattr(torch, AUTOCAST_DTYPES[self.precision]))
+
+    def _decode(self, path: Path):
+        """One image ready for the model, or the reason it is unreadable (runs in a thread)."""
+        try:
+            return self.preprocess(load_image(path)), None
+        except UnreadableImage as exc:
+            return None, exc
 
     def embed_images(
         self,
@@ -153,26 +179,35 @@ class ClipModel:
             else:
                 todo.append(i)
         failures: list[UnreadableImage] = []
-        for start in range(0, len(todo), batch_size):
-            batch_idx, tensors = [], []
-            for i in todo[start:start + batch_size]:
-                try:
-                    tensors.append(self.preprocess(load_image(paths[i])))
-                    batch_idx.append(i)
-                except UnreadableImage as exc:
-                    failures.append(exc)
-            if tensors:
-                with torch.inference_mode():
-                    feats = self.model.encode_image(torch.stack(tensors).to(self.device))
+        batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+        # Decoding (Pillow, the resize) runs in threads one batch ahead of the forward pass,
+        # so the accelerator is not left waiting on image files.
+        workers = max(1, min(8, (os.cpu_count() or 2)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            ahead = [pool.submit(self._decode, paths[i]) for i in batches[0]] if batches else []
+            for b, batch in enumerate(batches):
+                current, ahead = ahead, ([pool.submit(self._decode, paths[i]) for i in batches[b + 1]]
+                                         if b + 1 < len(batches) else [])
+                batch_idx, tensors = [], []
+                for i, future in zip(batch, current):
+                    tensor, error = future.result()
+                    if error is not None:
+                        failures.append(error)
+                    else:
+                        tensors.append(tensor)
+                        batch_idx.append(i)
+                if tensors:
+                    with torch.inference_mode(), self._autocast():
+                        feats = self.model.encode_image(torch.stack(tensors).to(self.device, non_blocking=True))
                     feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
-                half = feats.numpy().astype(np.float16)
-                for row, i in enumerate(batch_idx):
-                    results[i] = half[row].astype(np.float32)
-                    if store is not None and keys[i]:
-                        store.set_array(keys[i], half[row])
-                self.stats["images_computed"] += len(batch_idx)
-            if progress:
-                progress(len(todo[start:start + batch_size]))
+                    half = feats.numpy().astype(np.float16)
+                    for row, i in enumerate(batch_idx):
+                        results[i] = half[row].astype(np.float32)
+                        if store is not None and keys[i]:
+                            store.set_array(keys[i], half[row])
+                    self.stats["images_computed"] += len(batch_idx)
+                if progress:
+                    progress(len(batch))
         kept = sorted(results)
         dim = self.embed_dim
         emb = np.stack([results[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
@@ -286,7 +321,7 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def load_clip(spec: ClipSpec, device: str = "auto") -> ClipModel:
+def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> ClipModel:
     """Load the model once; errors about missing or broken weights are one line."""
     import open_clip
     import torch
@@ -322,4 +357,4 @@ def load_clip(spec: ClipSpec, device: str = "auto") -> ClipModel:
             + (" (no connection to the model hub)" if offline else f": {first[:160]}"),
             "connect to the internet once to download them, or pass --clip ARCH --clip-weights FILE",
         ) from None
-    return ClipModel(spec, model, preprocess, tokenizer, device)
+    return ClipModel(spec, model, preprocess, tokenizer, device, precision)

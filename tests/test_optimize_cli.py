@@ -39,6 +39,8 @@ def test_run_folder_is_complete_and_consistent(tmp_path, fashion_train, fashion_
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert caption_calls == 20  # 2 shots x 10 classes, described once
+    plan = summary["plan"]
+    assert (plan["llm_where"], plan["lmm_where"], plan["machine"]) == ("CPU", "server", "cpu")
     config = json.loads((out / "config.json").read_text())
     assert config["request"]["steps"] == 3 and config["request"]["seed"] == 1
     assert config["models"]["llm"].startswith("SmolLM2") and config["models"]["lmm"].endswith("#default")

@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,51 @@ def test_batch_size_does_not_change_embeddings(tiny_clip, fashion_train):
     one, _, _ = tiny_clip.embed_images(paths, batch_size=1)
     many, _, _ = tiny_clip.embed_images(paths, batch_size=32)
     assert np.abs(one - many).max() < 2e-3  # float16 storage rounding at most
+
+
+def test_reduced_precision_scores_agree_with_fp32(vitb32, fashion_train, tmp_path):
+    """The autocast path that CUDA runs in fp16, exercised on the CPU in bf16: the
+    image-text similarities the scores come from agree with fp32 within 1e-2."""
+    import numpy as np
+
+    from ipo_cli import dataset as ds
+    from ipo_cli.vision import ClipModel
+
+    data = ds.load_dataset(fashion_train, fashion_train / "classes.txt")
+    paths = data.paths[:24]
+    bf16 = ClipModel(vitb32.spec, vitb32.model, vitb32.preprocess, vitb32.tokenizer, "cpu", precision="bf16")
+    assert bf16.image_key("abc") != vitb32.image_key("abc")  # never mixed in the cache
+    full, _, _ = vitb32.embed_images(paths)
+    low, _, _ = bf16.embed_images(paths)
+    texts = vitb32.encode_texts([f"a photo of a {c}." for c in data.classnames])
+    diff = np.abs(full @ texts.T - low @ texts.T).max()
+    assert 0 < diff < 1e-2, diff  # not identical (bf16 really ran), but close
+    with np.errstate(all="ignore"):
+        assert (np.argmax(full @ texts.T, 1) == np.argmax(low @ texts.T, 1)).mean() >= 0.9
+
+
+def test_cuda_defaults_to_fp16_autocast(vitb32):
+    import torch
+
+    from ipo_cli.vision import ClipModel
+
+    on_cuda = ClipModel(vitb32.spec, vitb32.model, vitb32.preprocess, vitb32.tokenizer, "cuda")
+    assert on_cuda.precision == "fp16" and vitb32.precision == "fp32"
+    with pytest.warns(UserWarning) if not torch.cuda.is_available() else contextlib.nullcontext():
+        ctx = on_cuda._autocast()
+    assert ctx.device == "cuda" and ctx.fast_dtype == torch.float16
+
+
+def test_threaded_decoding_keeps_order_and_reports_unreadable_files(vitb32, fashion_train, tmp_path):
+    import numpy as np
+
+    from ipo_cli import dataset as ds
+
+    data = ds.load_dataset(fashion_train, fashion_train / "classes.txt")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    paths = data.paths[:5] + [broken] + data.paths[5:11]
+    emb, kept, failures = vitb32.embed_images(paths, batch_size=4)
+    assert kept == [i for i in range(len(paths)) if i != 5] and len(failures) == 1
+    one_by_one = np.stack([vitb32.embed_images([p])[0][0] for p in paths if p != broken])
+    assert np.allclose(emb, one_by_one, atol=1e-3)

@@ -1,0 +1,252 @@
+"""ipo against model servers as they really behave: a hosted OpenAI-style API (keys,
+strict fields, JSON-schema answers), Ollama (native chat, context size, model names),
+llama.cpp's server (GBNF grammar), concurrency, deadlines, and GPU offload arguments."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_ipo
+from ipo_cli.errors import IpoError
+from ipo_cli.llm import OpenAIServerLLM, SamplingSettings, load_llm, unwrap_answer
+from servers import FakeOllama, FakeOpenAI, TrickleServer
+
+GRAMMAR = 'root ::= "<INS>" [a-z ]* "<CLASS>" [a-z ]* "</INS>"'
+MESSAGES = [{"role": "system", "content": "You write prompts."}, {"role": "user", "content": "One prompt, please."}]
+KEY = "sk-test-abcdef123456"
+
+
+def test_openai_gets_the_key_a_json_schema_and_no_grammar(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("IPO_API_KEY", raising=False)
+    with FakeOpenAI(key=KEY) as api:
+        llm = load_llm(url=api.url + "/v1", url_model="gpt-4o-mini")
+        gen = llm.generate(MESSAGES, 7, SamplingSettings(max_tokens=40), grammar=GRAMMAR)
+        payload = api.payloads[-1]
+    assert gen.text == "<INS>A detailed photo of a <CLASS>.</INS>"
+    assert "grammar" not in payload and payload["response_format"]["type"] == "json_schema"
+    assert payload["seed"] == 7 and gen.usage.reused_tokens == 64
+    assert all(r["auth"] == f"Bearer {KEY}" for r in api.requests)
+
+
+def test_ipo_api_key_wins_over_openai_api_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-wrong-key-000000")
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    with FakeOpenAI(key=KEY) as api:
+        load_llm(url=api.url + "/v1", url_model="gpt-4o-mini").generate(MESSAGES, 1, SamplingSettings())
+    assert {r["auth"] for r in api.requests} == {f"Bearer {KEY}"}
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong-key-987654321"])
+def test_a_missing_or_wrong_key_is_one_line_without_the_key(monkeypatch, key):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("IPO_API_KEY", raising=False)
+    if key:
+        monkeypatch.setenv("IPO_API_KEY", key)
+    with FakeOpenAI(key=KEY) as api:
+        with pytest.raises(IpoError) as info:
+            load_llm(url=api.url + "/v1", url_model="gpt-4o-mini")
+    message = str(info.value)
+    assert "HTTP 401" in message and "IPO_API_KEY" in message
+    if key:
+        assert key not in message and key[-6:] not in message
+
+
+def test_the_strict_fake_rejects_what_openai_rejects(monkeypatch):
+    """The stand-in itself: an unknown field such as llama.cpp's `grammar` is a 400."""
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    with FakeOpenAI(key=KEY) as api:
+        client = OpenAIServerLLM(api.url + "/v1", "gpt-4o-mini")
+        client.detect()
+        with pytest.raises(IpoError, match="Unrecognized request argument supplied: grammar"):
+            client.post("/chat/completions", {"model": "gpt-4o-mini", "messages": MESSAGES, "grammar": GRAMMAR})
+
+
+def test_a_model_the_server_lacks_names_the_choices(monkeypatch):
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    with FakeOpenAI(key=KEY, models=("gpt-4o-mini", "gpt-4.1")) as api:
+        llm = load_llm(url=api.url + "/v1", url_model="gpt-5-nano")
+        with pytest.raises(IpoError, match="no model 'gpt-5-nano'.*gpt-4o-mini, gpt-4.1"):
+            llm.generate(MESSAGES, 1, SamplingSettings())
+        with pytest.raises(IpoError, match="serves 2 models and none was chosen"):
+            load_llm(url=api.url + "/v1")
+
+
+def test_a_url_without_v1_gets_a_hint(monkeypatch):
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    with FakeOpenAI(key=KEY) as api:
+        with pytest.raises(IpoError, match=r"try --llm-url .*/v1"):
+            load_llm(url=api.url, url_model="gpt-4o-mini")
+
+
+def test_ollama_native_chat_with_model_from_the_list_context_and_schema():
+    with FakeOllama(models={"qwen2.5:1.5b": 32768}) as ollama:
+        llm = load_llm(url=ollama.url + "/v1")  # no --llm-model: the only one is taken
+        assert llm.kind == "ollama" and llm.model == "qwen2.5:1.5b" and llm.n_ctx == 8192
+        long = [{"role": "user", "content": "describe " * 2000}]  # about 4,500 tokens: more than 2048
+        gen = llm.generate(long, 5, SamplingSettings(max_tokens=40), grammar=GRAMMAR)
+        chat = ollama.chats[-1]
+    assert gen.text == "<INS>A close photo of a <CLASS>.</INS>"
+    assert chat["options"]["num_ctx"] == 8192 and chat["options"]["seed"] == 5
+    assert chat["format"]["required"] == ["prompt"] and chat["stream"] is False
+    assert ollama.truncated == 0  # Ollama's 2048-token default would have cut this prompt
+
+
+def test_ollama_refuses_a_prompt_over_the_context_with_numbers():
+    with FakeOllama(models={"tiny:1b": 2048}) as ollama:
+        llm = load_llm(url=ollama.url + "/v1")
+        assert llm.n_ctx == 2048
+        with pytest.raises(IpoError, match=r"needs about \d+ tokens.*context of 2048.*model allows 2048"):
+            llm.generate([{"role": "user", "content": "word " * 4000}], 1, SamplingSettings())
+    assert ollama.truncated == 0
+
+
+def test_ollama_unknown_model_and_several_models():
+    with FakeOllama(models={"qwen2.5:1.5b": 32768, "llama3.2:3b": 131072}) as ollama:
+        with pytest.raises(IpoError, match="no model 'qwen2.5:7b'.*qwen2.5:1.5b, llama3.2:3b"):
+            load_llm(url=ollama.url + "/v1", url_model="qwen2.5:7b")
+        with pytest.raises(IpoError, match="pass --llm-model"):
+            load_llm(url=ollama.url)
+
+
+def test_ollama_gets_images_as_base64():
+    from ipo_cli.describe import ServerVision, CaptionSettings
+
+    with FakeOllama(models={"llava:7b": 4096}, reply=lambda p: "a grey shape") as ollama:
+        vision = ServerVision(ollama.url + "/v1")
+        text = vision.describe("data:image/jpeg;base64,QUJD", CaptionSettings())
+        message = ollama.chats[-1]["messages"][0]
+    assert text == "a grey shape" and message["images"] == ["QUJD"] and "Describe" in message["content"]
+    assert "format" not in ollama.chats[-1]
+
+
+def test_a_trickling_server_hits_the_total_deadline():
+    with TrickleServer(every=0.3) as server:
+        client = OpenAIServerLLM(server.url + "/v1", "m", timeout=1.5, retries=0)
+        client.kind = "openai-compatible"
+        start = time.monotonic()
+        with pytest.raises(IpoError, match=r"after 1 tries \(deadline 2 s each\)"):
+            client.generate(MESSAGES, 1, SamplingSettings())
+    assert time.monotonic() - start < 5
+
+
+def test_unwrap_answer():
+    assert unwrap_answer('{"prompt": "a <CLASS> photo"}') == "<INS>a <CLASS> photo</INS>"
+    assert unwrap_answer('{"prompt": "<INS>x <CLASS></INS>"}') == "<INS>x <CLASS></INS>"
+    assert unwrap_answer("plain text") == "plain text"
+    assert unwrap_answer('{"other": 1}') == '{"other": 1}'
+
+
+def test_llama_objects_get_n_gpu_layers(monkeypatch, smollm):
+    """The arguments ipo passes to llama_cpp.Llama (a GPU build is not available here)."""
+    import llama_cpp
+
+    from ipo_cli import hardware, llm as llm_module
+
+    seen = []
+    real = llama_cpp.Llama
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("n_gpu_layers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(llama_cpp, "Llama", spy)
+    llm_module.LlamaCppLLM(smollm, n_ctx=512, gpu_layers=0)
+    llm_module.LlamaCppLLM(smollm, n_ctx=512, gpu_layers=7)
+    hardware.llama_gpu_offload.cache_clear()
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    llm_module.LlamaCppLLM(smollm, n_ctx=512)  # default with a GPU build: all layers
+    hardware.llama_gpu_offload.cache_clear()
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    llm_module.LlamaCppLLM(smollm, n_ctx=512)  # default with a CPU build: none
+    hardware.llama_gpu_offload.cache_clear()
+    assert seen == [0, 7, -1, 0]
+    with pytest.raises(IpoError, match="--gpu-layers"):
+        llm_module.resolve_gpu_layers(-2)
+
+
+def test_machine_defaults_and_the_cpu_only_build_warning(monkeypatch):
+    from ipo_cli import catalogue, hardware
+
+    monkeypatch.setattr(hardware, "llama_backend", lambda: "CPU")
+    monkeypatch.setattr(hardware, "torch_gpu", lambda: hardware.TorchGPU("CUDA", "NVIDIA H100", 80 * 1024**3))
+    found = hardware.machine()
+    assert found.kind == "cpu" and 'CMAKE_ARGS="-DGGML_CUDA=on"' in found.warning
+    monkeypatch.setattr(hardware, "llama_backend", lambda: "CUDA")
+    found = hardware.machine()
+    assert found.kind == "gpu" and found.warning is None
+    assert catalogue.default_model("llm", found.kind).name == "qwen2.5-7b"
+    monkeypatch.setattr(hardware, "torch_gpu", lambda: hardware.TorchGPU("CUDA", "small", 4 * 1024**3))
+    assert hardware.machine().kind == "cpu"
+    monkeypatch.setattr(hardware, "llama_backend", lambda: "Metal")
+    monkeypatch.setattr(hardware, "torch_gpu", lambda: hardware.TorchGPU("Metal"))
+    assert hardware.machine().kind == "gpu"
+
+
+# ---- the whole command against servers ----------------------------------------------
+@pytest.fixture
+def clip_args(tiny_config, tiny_checkpoint):
+    return ["--clip", tiny_config, "--clip-weights", tiny_checkpoint]
+
+
+def _optimize(fashion_train, out, url, clip, *extra, env=None):
+    return run_ipo("optimize", fashion_train, "--classes", fashion_train / "classes.txt", "--shots", "1",
+                   "--steps", "2", "--candidates", "5", "--lmm", "none", "--llm-url", url,
+                   *clip, "--out", out, "--json", *extra, env=env)
+
+
+def test_parallel_overlaps_requests_and_equals_a_sequential_run(tmp_path, fashion_train, clip_args):
+    replies = lambda payload: f"<INS>a photo number {payload['seed'] % 997} of a <CLASS>.</INS>"  # noqa: E731
+    env = {"IPO_API_KEY": KEY}
+    runs = {}
+    for parallel in ("1", "5"):
+        with FakeOpenAI(key=KEY, latency=0.3, reply=replies) as api:
+            out = tmp_path / f"run-{parallel}"
+            result = _optimize(fashion_train, out, api.url + "/v1", clip_args,
+                               "--parallel", parallel, "--llm-model", "gpt-4o-mini",
+                               env={**env, "IPO_CACHE_DIR": str(tmp_path / f"cache-{parallel}")})
+            assert result.returncode == 0, result.stderr
+            runs[parallel] = (api.max_in_flight, [json.loads(line) for line in (out / "history.jsonl").open()])
+    assert runs["1"][0] == 1 and runs["5"][0] >= 3
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("seconds", "usage")} for r in recs]  # noqa: E731
+    assert strip(runs["1"][1]) == strip(runs["5"][1])
+
+
+def test_the_api_key_never_lands_on_disk_or_in_output(tmp_path, fashion_train, clip_args):
+    with FakeOpenAI(key=KEY) as api:
+        out = tmp_path / "run"
+        result = _optimize(fashion_train, out, api.url + "/v1", clip_args,
+                           "--llm-model", "gpt-4o-mini", env={"IPO_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    assert KEY not in result.stdout + result.stderr
+    for folder in (out, Path(run_ipo("cache", "info", "--json").stdout and json.loads(
+            run_ipo("cache", "info", "--json").stdout)["root"])):
+        for path in folder.rglob("*"):
+            if path.is_file():
+                assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_wrong_key_in_the_whole_command_is_one_line(tmp_path, fashion_train, clip_args):
+    with FakeOpenAI(key=KEY) as api:
+        result = _optimize(fashion_train, tmp_path / "run", api.url + "/v1", clip_args,
+                           "--llm-model", "gpt-4o-mini", env={"IPO_API_KEY": "sk-not-the-right-one"})
+    assert result.returncode == 2 and "HTTP 401" in result.stderr and "sk-not-the-right-one" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_plan_names_the_defaults_for_the_machine_and_why(monkeypatch):
+    from ipo_cli import hardware, job
+
+    monkeypatch.setattr(hardware, "machine", lambda: hardware.Machine("gpu", "CUDA", "llama.cpp offloads to CUDA"))
+    monkeypatch.setattr(hardware, "where", lambda layers: "CUDA (all layers)")
+    plan = job.model_plan(job.Request(images="x"), use_lmm=True, gpu_layers=None)
+    assert (plan["llm"], plan["lmm"]) == ("qwen2.5-7b", "qwen2.5-vl-3b")
+    assert plan["llm_where"] == "CUDA (all layers)" and "gpu machine" in plan["llm_why"]
+    monkeypatch.setattr(hardware, "machine", lambda: hardware.Machine("cpu", "CPU", "no GPU offload", "warning!"))
+    monkeypatch.setattr(hardware, "where", lambda layers: "CPU")
+    plan = job.model_plan(job.Request(images="x"), use_lmm=True, gpu_layers=None)
+    assert (plan["llm"], plan["lmm"], plan["warning"]) == ("qwen2.5-1.5b", "smolvlm-500m", "warning!")
+    plan = job.model_plan(job.Request(images="x", llm_url="http://h/v1", lmm="none"), use_lmm=False, gpu_layers=None)
+    assert plan["llm_where"] == "server" and "machine" not in plan
