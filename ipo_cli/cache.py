@@ -3,20 +3,73 @@
 Keys are strings that name everything the value depends on; values are plain bytes
 (`.npy` arrays loaded with `allow_pickle=False`) or UTF-8 JSON, never pickles: a cache
 directory shared between users must not be a way to run code. diskcache stores `str` and
-`bytes` natively, without pickling.
+`bytes` natively, without pickling, and `SafeDisk` refuses to unpickle anything: a row in
+pickle mode (planted, or written by another program) is a miss, deleted and counted.
+
+A damaged store (not a database any more) is moved aside, named in one warning, and
+rebuilt; a read-only store serves its hits and skips writes, with one warning; a full disk
+stops the command with a one-line error, keeping what was already written.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ipo_cli.errors import IpoError
+
 STORES = ("embeddings", "captions", "generations")
+_warn: Callable[[str], None] = lambda message: None  # noqa: E731 - the CLI sets this
+
+
+def set_warner(warn: Callable[[str], None]) -> None:
+    """Where the stores' one-line warnings go (the CLI prints them)."""
+    global _warn
+    _warn = warn
+
+
+class PickleRefused(Exception):
+    """A value or key stored in pickle mode: never loaded."""
+
+
+def _safe_disk():
+    import diskcache
+
+    class SafeDisk(diskcache.Disk):
+        """diskcache's Disk without the one thing that runs code: unpickling."""
+
+        def get(self, key, raw):
+            if not raw:
+                raise PickleRefused("pickled key")
+            return super().get(key, raw)
+
+        def fetch(self, mode, filename, value, read):
+            if mode == diskcache.core.MODE_PICKLE:
+                raise PickleRefused("pickled value")
+            return super().fetch(mode, filename, value, read)
+
+    return SafeDisk
+
+
+def _is_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in str(exc) \
+        or "database or disk is full" in str(exc)
+
+
+def _is_readonly(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)) \
+        or "readonly" in text or "read-only" in text or "unable to open database" in text
 
 
 def cache_root(override: Path | str | None = None) -> Path:
@@ -62,20 +115,76 @@ def decode_array(blob: bytes):
 class Store:
     """One named diskcache store with typed, pickle-free get/set.
 
-    A value that cannot be decoded (a corrupt entry) is deleted and reported as a miss,
-    so the caller recomputes it.
+    A value that cannot be decoded (a corrupt entry, a pickle) is deleted and reported as a
+    miss, so the caller recomputes it.
     """
 
     def __init__(self, root: Path, name: str):
+        self.path = Path(root) / name
+        self.name = name
+        self.dropped = 0  # undecodable values removed
+        self.pickles_refused = 0
+        self.read_only = False
+        self._ro: sqlite3.Connection | None = None
+        self._cache = None
+        try:
+            self._open()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if _is_full(exc):
+                raise IpoError(f"the disk holding the cache {self.path} is full", "free some space, "
+                               "or point --cache-dir / IPO_CACHE_DIR elsewhere") from None
+            if _is_readonly(exc) or (isinstance(exc, sqlite3.OperationalError) and self._readable_db()):
+                self._open_read_only(exc)
+            elif isinstance(exc, sqlite3.DatabaseError):
+                self._move_aside(exc)
+            else:
+                raise IpoError(f"cannot use the cache {self.path}: {exc}",
+                               "check the folder, or point --cache-dir / IPO_CACHE_DIR elsewhere") from None
+
+    def _open(self) -> None:
         import diskcache
 
-        self.path = Path(root) / name
+        if self.path.exists() and not self.path.is_dir():
+            raise IpoError(f"the cache path {self.path} is a file, not a folder",
+                           "remove it, or point --cache-dir / IPO_CACHE_DIR elsewhere")
         self.path.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(str(self.path), size_limit=2**40)
-        self.dropped = 0
+        self._cache = diskcache.Cache(str(self.path), size_limit=2**40, disk=_safe_disk())
 
+    def _readable_db(self) -> bool:
+        return (self.path / "cache.db").is_file() and os.access(self.path / "cache.db", os.R_OK) and \
+            not os.access(self.path, os.W_OK)
+
+    def _open_read_only(self, exc: BaseException) -> None:
+        db = self.path / "cache.db"
+        self.read_only = True
+        if db.is_file():
+            try:
+                self._ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
+                self._ro.execute("SELECT 1 FROM Cache LIMIT 1")
+            except sqlite3.DatabaseError:
+                self._ro = None
+        _warn(f"the cache {self.path} is read-only ({exc}); using what it holds, writing nothing new")
+
+    def _move_aside(self, exc: BaseException) -> None:
+        aside = self.path.with_name(f"{self.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            self.path.rename(aside)
+        except OSError as move_error:
+            raise IpoError(f"the cache {self.path} is damaged ({exc}) and cannot be moved aside: {move_error}",
+                           "run: ipo cache clear") from None
+        _warn(f"the cache {self.path} was damaged ({exc}); moved it to {aside} and started a new one")
+        self._open()
+
+    # ---- reading ------------------------------------------------------------------------
     def _get_raw(self, key: str, kind: type) -> Any:
-        value = self._cache.get(key, default=None, retry=True)
+        try:
+            value = self._read(key)
+        except PickleRefused:
+            self.pickles_refused += 1
+            self._drop(key)
+            return None
+        except (sqlite3.DatabaseError, OSError, UnicodeDecodeError):
+            return None  # an unreadable row or value file is a miss
         if value is None:
             return None
         if not isinstance(value, kind):
@@ -83,9 +192,39 @@ class Store:
             return None
         return value
 
+    def _read(self, key: str) -> Any:
+        if self._cache is not None:
+            return self._cache.get(key, default=None, retry=True)
+        if self._ro is None:
+            return None
+        row = self._ro.execute("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+        if row is None:
+            return None
+        return _safe_disk()(str(self.path)).fetch(row[0], row[1], row[2], False)
+
     def _drop(self, key: str) -> None:
         self.dropped += 1
-        self._cache.delete(key, retry=True)
+        if self._cache is not None:
+            try:
+                self._cache.delete(key, retry=True)
+            except (sqlite3.DatabaseError, OSError):
+                pass
+
+    def _write(self, key: str, value: Any) -> None:
+        if self._cache is None:
+            return  # read-only: said once when opened
+        try:
+            self._cache.set(key, value, retry=True)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            if _is_full(exc):
+                raise IpoError(f"the disk holding the cache {self.path} is full; what was computed so far "
+                               "is kept", "free some space and run the same command again") from None
+            if _is_readonly(exc):
+                self._cache = None
+                self.read_only = True
+                _warn(f"the cache {self.path} became read-only ({exc}); writing nothing new")
+                return
+            raise IpoError(f"cannot write to the cache {self.path}: {exc}", "run: ipo cache clear") from None
 
     def get_array(self, key: str):
         blob = self._get_raw(key, bytes)
@@ -98,7 +237,7 @@ class Store:
             return None
 
     def set_array(self, key: str, array) -> None:
-        self._cache.set(key, encode_array(array), retry=True)
+        self._write(key, encode_array(array))
 
     def get_json(self, key: str) -> Any:
         text = self._get_raw(key, str)
@@ -111,19 +250,29 @@ class Store:
             return None
 
     def set_json(self, key: str, value: Any) -> None:
-        self._cache.set(key, json.dumps(value), retry=True)
+        self._write(key, json.dumps(value))
 
     def __len__(self) -> int:
-        return len(self._cache)
+        if self._cache is not None:
+            return len(self._cache)
+        if self._ro is not None:
+            return int(self._ro.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
+        return 0
 
     def volume(self) -> int:
-        return self._cache.volume()
+        return self._cache.volume() if self._cache is not None else 0
 
     def clear(self) -> int:
+        if self._cache is None:
+            raise IpoError(f"the cache {self.path} is read-only; it cannot be cleared",
+                           "check the folder's permissions")
         return self._cache.clear(retry=True)
 
     def close(self) -> None:
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
+        if self._ro is not None:
+            self._ro.close()
 
 
 @dataclass
@@ -144,9 +293,21 @@ def info(root: Path) -> list[StoreInfo]:
 
 
 def clear(root: Path) -> int:
+    """Empty every store, whatever state it is in: a store that cannot even be opened
+    (damaged beyond diskcache) is deleted as a folder, which ipo made."""
     removed = 0
     for name in STORES:
-        store = Store(root, name)
-        removed += store.clear()
-        store.close()
+        path = Path(root) / name
+        try:
+            store = Store(root, name)
+            removed += store.clear()
+            store.close()
+        except IpoError:
+            raise
+        except Exception:  # noqa: BLE001 - any damage: remove ipo's own folder
+            if path.is_dir():
+                shutil.rmtree(path)
+        for aside in Path(root).glob(f"{name}.damaged-*"):  # what earlier repairs moved aside
+            if aside.is_dir():
+                shutil.rmtree(aside)
     return removed

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 
 from ipo_cli import __version__
-from ipo_cli.console import err, fail, out, progress_bar, warn
+from ipo_cli.console import err, fail, out, progress_bar, status, warn
 from ipo_cli.errors import IpoError
 
 app = typer.Typer(
@@ -86,7 +87,7 @@ def eval_cmd(
     if shots:
         data = ds.few_shot(data, shots, seed)
     spec = vision.parse_clip(clip, clip_weights)
-    with err.status(f"loading CLIP {spec.identity}"):
+    with status(f"loading CLIP {spec.identity}"):
         model = vision.load_clip(spec, device)
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
@@ -129,7 +130,7 @@ def _render_eval(report) -> None:
             cells.append("—")
         else:
             colour = "green" if row.delta_low > 0 else "red" if row.delta_high < 0 else "white"
-            cells.append(f"[{colour}]{row.delta:+.2f}[/] [{row.delta_low:+.2f}, {row.delta_high:+.2f}]")
+            cells.append(Text.assemble((f"{row.delta:+.2f}", colour), f" [{row.delta_low:+.2f}, {row.delta_high:+.2f}]"))
         table.add_row(*cells, style="bold" if row.kind == "baseline" else None)
     out.print(table)
 
@@ -226,25 +227,24 @@ class _OptimizeReporter:
             warn(plan["warning"])
         if self.quiet:
             return
-        from rich.markup import escape
-
         def model(role: str) -> str:
             where = plan.get(f"{role}_where")
             why = plan.get(f"{role}_why")
-            return escape(f"{plan[role]}" + (f" on {where}" if where else "") + (f" ({why})" if why else ""))
+            return f"{plan[role]}" + (f" on {where}" if where else "") + (f" ({why})" if why else "")
 
         parallel = f", {plan['parallel']} requests in flight" if plan.get("parallel", 1) > 1 else ""
-        err.print(
-            f"[bold]plan[/]: {plan['train_images']} training images ({plan['shots']} per class, "
+        err.print(Text.assemble(
+            ("plan", "bold"),
+            f": {plan['train_images']} training images ({plan['shots']} per class, "
             f"{plan['train_classes']} of {plan['classes']} classes), {plan['steps']} steps x "
             f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls{parallel}, "
             f"{plan['captions']} image descriptions\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
-            f"      CLIP {escape(plan['clip'])}; run folder {escape(plan['out'])}", highlight=False)
+            f"      CLIP {plan['clip']}; run folder {plan['out']}"))
 
     def status(self, message: str):
         import contextlib
 
-        return contextlib.nullcontext() if self.quiet else err.status(message)
+        return contextlib.nullcontext() if self.quiet else status(message)
 
     def progress(self, description: str, total: int):
         return progress_bar(description, total, quiet=self.quiet)
@@ -305,8 +305,6 @@ def models_list(as_json: JsonOpt = False) -> None:
     """Catalogue and local models, installed or not, with sizes."""
     from ipo_cli import catalogue
 
-    from rich.markup import escape
-
     rows = catalogue.list_models()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows]))
@@ -318,9 +316,9 @@ def models_list(as_json: JsonOpt = False) -> None:
         table.add_column(col, no_wrap=True)
     table.add_column("when to choose it", overflow="fold")
     for r in rows:
-        pinned = "" if r.pinned is None else "yes" if r.pinned else "[yellow]hub hash[/]"
-        table.add_row(escape(r.name), r.kind, "[green]yes[/]" if r.installed else "no",
-                      _human_bytes(r.size) if r.size else "?", r.handler or "", pinned, escape(r.note))
+        pinned = "" if r.pinned is None else "yes" if r.pinned else Text("hub hash", style="yellow")
+        table.add_row(r.name, r.kind, Text("yes", style="green") if r.installed else "no",
+                      _human_bytes(r.size) if r.size else "?", r.handler or "", pinned, r.note)
     out.print(table)
 
 
@@ -337,7 +335,7 @@ def _pull_with_progress(name: str):
 
     from ipo_cli import catalogue
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=err)
 
     def factory(filename: str, total: int | None):
@@ -351,7 +349,7 @@ def _pull_with_progress(name: str):
         return update
 
     def notify(message: str) -> None:
-        progress.console.print(message, markup=False, highlight=False)
+        progress.console.print(message)
 
     try:
         return catalogue.pull(name, factory, notify)
@@ -429,7 +427,7 @@ def describe_cmd(
         if found.warning:
             warn(found.warning)
         machine = found.kind
-    with err.status("loading the multimodal model"):
+    with status("loading the multimodal model"):
         backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model, gpu_layers=gpu_layers,
                                        machine=machine)
     captioner = describe.Captioner(backend, cache.Store(cache.cache_root(cache_dir), "captions"), settings)
@@ -508,6 +506,9 @@ def main() -> None:
     debug = os.environ.get("IPO_DEBUG") == "1"
     # open_clip and huggingface_hub log through the root logger; we report errors ourselves.
     logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL, format="%(name)s: %(message)s")
+    from ipo_cli import cache
+
+    cache.set_warner(warn)
     try:
         app()
     except IpoError as exc:

@@ -1,6 +1,9 @@
 """Terminal output shared by the commands: progress bars, warnings, errors.
 
 Only `cli` uses this module; the library reports progress through plain callbacks.
+Both consoles parse no markup: every string prints as it is, so a `[/]` or `[bold]` in an
+image path, a class name, a prompt, a caption or a server's answer can neither crash a
+command nor vanish. Styling is done with `rich.text.Text` only.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from collections.abc import Callable, Iterator
 from rich.console import Console
 from rich.text import Text
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
 def warn(message: str) -> None:
@@ -40,13 +43,13 @@ def progress_bar(description: str, total: int | None, quiet: bool = False) -> It
     )
 
     columns = [
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", markup=False, style="progress.description"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
     ]
     with Progress(*columns, console=err) as progress:
         task = progress.add_task(description, total=total, status="")
@@ -55,3 +58,8 @@ def progress_bar(description: str, total: int | None, quiet: bool = False) -> It
             progress.update(task, advance=n, **fields)
 
         yield advance
+
+
+def status(message: str):
+    """A spinner with a message shown as it is (rich would parse a plain string as markup)."""
+    return err.status(Text(str(message)))

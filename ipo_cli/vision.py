@@ -8,6 +8,7 @@ JSON file (a custom architecture, random weights unless a checkpoint is given).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -171,7 +172,7 @@ class ClipModel:
                 todo.append(i)
                 continue
             cached = store.get_array(keys[i]) if store is not None else None
-            if cached is not None and cached.ndim == 1:
+            if cached is not None and cached.shape == (self.embed_dim,) and np.isfinite(cached).all():
                 results[i] = cached.astype(np.float32)
                 self.stats["images_cached"] += 1
                 if progress:
@@ -213,7 +214,7 @@ class ClipModel:
         emb = np.stack([results[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
         return emb, kept, failures
 
-    @property
+    @functools.cached_property
     def embed_dim(self) -> int:
         return int(self.encode_texts(["a"]).shape[1])
 
