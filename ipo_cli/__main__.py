@@ -1,3 +1,3 @@
-from ipo_cli.cli import main
+from ipo_cli.entry import main
 
 main()

@@ -144,9 +144,12 @@ class Store:
     def _open(self) -> None:
         import diskcache
 
-        if self.path.exists() and not self.path.is_dir():
-            raise IpoError(f"the cache path {self.path} is a file, not a folder",
-                           "remove it, or point --cache-dir / IPO_CACHE_DIR elsewhere")
+        for folder in (self.path, *self.path.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    raise IpoError(f"the cache path {folder} is a file, not a folder",
+                                   "remove it, or point --cache-dir / IPO_CACHE_DIR elsewhere")
+                break
         self.path.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(str(self.path), size_limit=2**40, disk=_safe_disk())
 

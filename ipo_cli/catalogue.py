@@ -96,14 +96,63 @@ def _catalogue_dirs() -> list[Path]:
     return dirs
 
 
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Names become folder names in the store: letters, digits, `.`, `_`, `+`, `-` only."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise IpoError(f"{what} {name!r} is not allowed",
+                       "use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit")
+    return name
+
+
+def _entry_problem(data: Any) -> str | None:
+    """The first thing wrong with a catalogue entry, or None."""
+    if not isinstance(data, dict):
+        return f"a {type(data).__name__}, not an object"
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        return f"'name' {name!r} is not a plain model name"
+    if data.get("kind") not in ("llm", "lmm"):
+        return f"'kind' must be llm or lmm, not {data.get('kind')!r}"
+    source = data.get("source")
+    if not isinstance(source, dict) or not isinstance(source.get("repo"), str) or \
+            not re.fullmatch(r"[\w.-]+/[\w.-]+", source["repo"]):
+        return "'source.repo' must be ORG/NAME"
+    if not isinstance(source.get("revision", "main"), str) or not re.fullmatch(r"[\w.-]+", source.get("revision", "main")):
+        return "'source.revision' must be a branch or commit"
+    roles = [("file", "file_pattern")] + ([("mmproj", "mmproj_pattern")] if data["kind"] == "lmm" else [])
+    for exact, pattern in roles:
+        value = source.get(exact) or source.get(pattern)
+        if not isinstance(value, str) or not value or value.startswith("/") or ".." in value.split("/"):
+            return f"'source.{exact}' (or {pattern}) must name a file in the repository"
+    files = data.get("files", {})
+    if not isinstance(files, dict) or any(
+            not isinstance(v, dict) or not isinstance(v.get("size"), int) or not SHA256_HEX.match(str(v.get("sha256", "")))
+            for v in files.values()):
+        return "'files' must map roles to {size: int, sha256: 64 hex digits}"
+    if not isinstance(data.get("n_ctx", 4096), int) or data.get("n_ctx", 4096) < 256:
+        return "'n_ctx' must be an integer of at least 256"
+    if data.get("handler") is not None and data.get("handler") not in HANDLERS:
+        return f"'handler' must be one of {', '.join(HANDLERS)}"
+    return None
+
+
 def load_catalogue() -> dict[str, CatalogueEntry]:
     entries: dict[str, CatalogueEntry] = {}
     for folder in _catalogue_dirs():
         for path in sorted(folder.glob("*.json")):
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(path.read_bytes().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError, OSError) as exc:
+                raise IpoError(f"catalogue file {path} is malformed: {exc}") from None
+            problem = _entry_problem(data)
+            if problem:
+                raise IpoError(f"catalogue file {path} is malformed: {problem}")
+            try:
                 entry = CatalogueEntry(**data)
-            except (json.JSONDecodeError, TypeError) as exc:
+            except TypeError as exc:
                 raise IpoError(f"catalogue file {path} is malformed: {exc}") from None
             entries[entry.name] = entry
     return entries
@@ -166,11 +215,23 @@ class Manifest:
     def load(self) -> dict[str, LocalModel]:
         if not self.path.is_file():
             return {}
+        hint = "fix or delete it, then pull or add the models again"
         try:
-            data = json.loads(self.path.read_text())
-            return {name: LocalModel(**entry) for name, entry in data.get("models", {}).items()}
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise IpoError(f"model manifest {self.path} is corrupt: {exc}", "fix or delete it and pull again") from None
+            data = json.loads(self.path.read_bytes().decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            raise IpoError(f"model manifest {self.path} is corrupt: {exc}", hint) from None
+        if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
+            raise IpoError(f"model manifest {self.path} is corrupt: not {{\"models\": {{...}}}}", hint)
+        models = {}
+        for name, entry in data.get("models", {}).items():
+            problem = _manifest_problem(name, entry)
+            if problem:
+                raise IpoError(f"model manifest {self.path} is corrupt at {name!r}: {problem}", hint)
+            try:
+                models[name] = LocalModel(**entry)
+            except TypeError as exc:
+                raise IpoError(f"model manifest {self.path} is corrupt at {name!r}: {exc}", hint) from None
+        return models
 
     def save(self, models: dict[str, LocalModel]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -192,6 +253,23 @@ class Manifest:
         return model
 
 
+def _manifest_problem(name: Any, entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "not an object"
+    if entry.get("kind") not in ("llm", "lmm"):
+        return f"kind {entry.get('kind')!r}"
+    files = entry.get("files")
+    if not isinstance(files, dict) or "model" not in files:
+        return "no model file record"
+    for role, record in files.items():
+        if not (isinstance(record, dict) and isinstance(record.get("path"), str)
+                and isinstance(record.get("sha256"), str) and isinstance(record.get("size"), int)):
+            return f"the {role} record needs path, sha256 and size"
+    if not isinstance(entry.get("n_ctx", 4096), int):
+        return "n_ctx is not an integer"
+    return None
+
+
 def check_gguf(path: Path, what: str = "model file") -> None:
     """A one-line error for a missing, truncated or non-GGUF file."""
     path = Path(path)
@@ -206,8 +284,19 @@ def check_gguf(path: Path, what: str = "model file") -> None:
 
 
 def add_model(name: str, file: Path, kind: str, mmproj: Path | None = None, handler: str | None = None,
-              n_ctx: int = 4096) -> LocalModel:
-    """Register a GGUF the user already has; the file stays where it is."""
+              n_ctx: int = 4096, force: bool = False) -> LocalModel:
+    """Register a GGUF the user already has; the file stays where it is. An existing name,
+    or a catalogue name (which every command would then resolve to the user's file), needs
+    `force`."""
+    check_name(name)
+    if not force:
+        if name in Manifest().load():
+            raise IpoError(f"a model named {name!r} is already installed", "pass --force to replace it, or pick another name")
+        if name in load_catalogue():
+            raise IpoError(f"{name!r} is a catalogue model; adding your file under that name would make every "
+                           "command that names it use your file", "pick another name, or pass --force")
+    if not 256 <= n_ctx <= 10_000_000:
+        raise IpoError(f"--n-ctx must be from 256 to 10000000, not {n_ctx}")
     if kind not in ("llm", "lmm"):
         raise IpoError(f"--kind must be llm or lmm, not {kind!r}")
     check_gguf(file)

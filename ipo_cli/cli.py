@@ -41,6 +41,7 @@ ClipWeightsOpt = Annotated[Optional[Path], typer.Option("--clip-weights", help="
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $IPO_CACHE_DIR or the user cache directory).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where CLIP runs: auto (CUDA if available), cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+OutsideRootOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder (.., absolute paths).")]
 GpuLayersOpt = Annotated[Optional[int], typer.Option("--gpu-layers", min=-1, help="llama.cpp layers to offload to the GPU: -1 all, 0 none (default: all when llama.cpp was built with GPU offload, else 0).")]
 
 
@@ -65,7 +66,8 @@ def eval_cmd(
     classes: ClassesOpt = None,
     split: SplitOpt = None,
     split_part: Annotated[str, typer.Option("--split-part", help="Which part of --split to score.")] = "test",
-    shots: Annotated[Optional[int], typer.Option("--shots", help="Score only K images per class (seeded sample).")] = None,
+    allow_outside_root: OutsideRootOpt = False,
+    shots: Annotated[Optional[int], typer.Option("--shots", min=1, help="Score only K images per class (seeded sample).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots sample and the bootstrap.")] = 1,
     base_novel: Annotated[bool, typer.Option("--base-novel", help="Also report base, novel and harmonic mean H (CoOp protocol).")] = False,
     baseline: Annotated[str, typer.Option("--baseline", help="Hand-written template every prompt is compared with.")] = "a photo of a {}.",
@@ -76,19 +78,23 @@ def eval_cmd(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.")] = None,
+    truncate_long: Annotated[bool, typer.Option("--truncate-long", help="Score prompts longer than CLIP's 77 tokens cut to fit (with a warning) instead of refusing them.")] = False,
 ) -> None:
     """Score prompt templates on labelled images: top-1, top-5, mean per-class recall."""
     from ipo_cli import cache, dataset as ds, evaluate, prompts as pr, vision
 
+    _check_out(out_file)
     if split_part not in ("train", "val", "test"):
         raise IpoError(f"--split-part must be train, val or test, not {split_part!r}")
     prompt_list = pr.read_prompts(prompts)
-    data = ds.load_dataset(images, classes, split, split_part)
+    data = ds.load_dataset(images, classes, split, split_part, allow_outside_root)
     if shots:
         data = ds.few_shot(data, shots, seed)
     spec = vision.parse_clip(clip, clip_weights)
     with status(f"loading CLIP {spec.identity}"):
         model = vision.load_clip(spec, device)
+    for line in evaluate.check_text_lengths(model, prompt_list, data.classnames, baseline, truncate_long):
+        warn(line)
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
         embedded = evaluate.embed_dataset(model, data, store, progress=advance, batch_size=batch_size)
@@ -98,8 +104,7 @@ def eval_cmd(
     result = report.to_json()
     result["cache"] = {"images_computed": model.stats["images_computed"], "images_cached": model.stats["images_cached"]}
     if out_file:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(result, indent=2) + "\n")
+        _write_out(out_file, json.dumps(result, indent=2) + "\n")
     if as_json:
         print(json.dumps(result))
     else:
@@ -165,6 +170,7 @@ def optimize_cmd(
     task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".')] = None,
     select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.")] = None,
     test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).")] = None,
+    allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
@@ -185,12 +191,16 @@ def optimize_cmd(
              "patience": patience, "temperature": temperature, "max_tokens": max_tokens, "task_hint": task_hint,
              "select": select, "llm": llm, "llm_url": llm_url, "llm_model": llm_model, "n_ctx": n_ctx, "lmm": lmm,
              "mmproj": _s(mmproj), "handler": handler, "lmm_url": lmm_url, "lmm_model": lmm_model, "clip": clip,
-             "clip_weights": _s(clip_weights), "test_images": _s(test_images)}
+             "clip_weights": _s(clip_weights), "test_images": _s(test_images),
+             "allow_outside_root": allow_outside_root}
     given = {k: v for k, v in given.items() if v is not None}
     saved = None
     if resume is not None:
         from ipo_cli.runs import RunFolder
 
+        if out_dir is not None and out_dir.resolve() != resume.resolve():
+            raise IpoError(f"--resume {resume} continues that run in place; --out {out_dir} names another folder",
+                           "drop --out (or pass the same folder)")
         saved = RunFolder.open(resume)[1].get("request", {})
     request = job.make_request(given, budget, saved)
     out_path = resume or out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{Path(request.images).resolve().name}"
@@ -207,7 +217,8 @@ def optimize_cmd(
         _render_summary(summary)
     if summary["interrupted"]:
         fail(f"stopped; continue with: ipo optimize --resume {summary['run']}")
-        raise typer.Exit(130)
+        _SUMMARY_SHOWN[0] = True
+        raise typer.Exit(143 if _TERMINATED[0] else 130)
 
 
 def _s(path) -> Optional[str]:
@@ -339,6 +350,8 @@ def _pull_with_progress(name: str):
                         TimeRemainingColumn(), console=err)
 
     def factory(filename: str, total: int | None):
+        if not err.is_terminal:  # a log or a pipe gets the outcome, not a bar
+            return lambda done, total_: None
         if not progress.live.is_started:
             progress.start()
         task = progress.add_task(filename, total=total)
@@ -366,11 +379,12 @@ def models_add(
     mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF of a multimodal model.")] = None,
     handler: Annotated[Optional[str], typer.Option("--handler", help="llama-cpp-python chat handler of an lmm.")] = None,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context size to load it with.")] = 4096,
+    force: Annotated[bool, typer.Option("--force", help="Replace an installed model of that name, or shadow a catalogue name.")] = False,
 ) -> None:
     """Register a GGUF file you already have."""
     from ipo_cli import catalogue
 
-    model = catalogue.add_model(name, file, kind, mmproj, handler, n_ctx)
+    model = catalogue.add_model(name, file, kind, mmproj, handler, n_ctx, force)
     out.print(f"added {name} ({model.kind}, {_human_bytes(sum(f['size'] for f in model.files.values()))})")
 
 
@@ -417,6 +431,7 @@ def describe_cmd(
     """Caption images with a multimodal model (cached), redacting class names."""
     from ipo_cli import cache, describe
 
+    _check_out(out_file)
     paths, labels, classnames = describe.collect_images(images, classes)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
     machine = "cpu"
@@ -437,8 +452,7 @@ def describe_cmd(
         warn(f"could not caption {path}: {reason}")
     lines = report.to_json_lines()
     if out_file:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        _write_out(out_file, "".join(json.dumps(line) + "\n" for line in lines))
     if as_json:
         for line in lines:
             print(json.dumps(line))
@@ -489,6 +503,29 @@ def cache_clear(cache_dir: CacheDirOpt = None) -> None:
     out.print(f"removed {removed} entries from {root}")
 
 
+def _check_out(path: Optional[Path]) -> None:
+    """Refuse an unusable --out file before any work is done."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise IpoError(f"--out {path} is a folder", "name a file, e.g. --out results.json")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise IpoError(f"--out {path}: {parent} is a file, not a folder")
+            break
+
+
+def _write_out(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise IpoError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -498,29 +535,77 @@ def _human_bytes(n: float) -> str:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2.
+    """Entry point: every error is one line on stderr and a non-zero exit code.
 
-    Typer runs in standalone mode, so usage errors and --help exit on their own; what
-    reaches us is the library's IpoError or a bug.
+    Typer runs outside click's standalone mode so that usage errors (a bad flag, a value
+    out of range) are one line too, like the library's IpoError (exit 2); --help and
+    `ipo` alone print help as usual. SIGTERM is handled like Ctrl-C.
     """
+    import signal
+
     debug = os.environ.get("IPO_DEBUG") == "1"
     # open_clip and huggingface_hub log through the root logger; we report errors ourselves.
     logging.basicConfig(level=logging.DEBUG if debug else logging.CRITICAL, format="%(name)s: %(message)s")
     from ipo_cli import cache
 
     cache.set_warner(warn)
+    signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        app()
+        code = app(standalone_mode=False)
     except IpoError as exc:
         if debug:
             raise
-        fail(str(exc))
-        sys.exit(exc.exit_code)
+        fail(" ".join(str(exc).split("\n")))
+        _exit(exc.exit_code)
     except KeyboardInterrupt:
-        fail("interrupted")
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - a bug: one line unless debugging
+        _interrupted()
+    except Exception as exc:  # noqa: BLE001 - click's own errors, then bugs
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        # Typer may vendor click (typer._click): its exceptions are known by their class names.
+        if "NoArgsIsHelpError" in kinds:
+            err.print(exc.format_message())
+            _exit(2)
+        if "UsageError" in kinds:
+            ctx = getattr(exc, "ctx", None)
+            command = ctx.command_path if ctx is not None else "ipo"
+            fail(f"{' '.join(exc.format_message().split())} (see: {command} --help)")
+            _exit(exc.exit_code)
+        if "ClickException" in kinds:
+            fail(" ".join(exc.format_message().split()))
+            _exit(exc.exit_code)
+        if "Abort" in kinds:
+            _interrupted()
         if debug:
             raise
-        fail(f"unexpected {type(exc).__name__}: {exc} (set IPO_DEBUG=1 for the traceback and report it)")
-        sys.exit(1)
+        fail(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+             "(set IPO_DEBUG=1 for the traceback and report it)")
+        _exit(1)
+    if code == 130 and not _SUMMARY_SHOWN[0]:
+        _interrupted()  # typer turns a Ctrl-C into a silent exit code 130
+    _exit(code if isinstance(code, int) else 0)
+
+
+_TERMINATED = [False]
+_SUMMARY_SHOWN = [False]  # optimize already said it stopped, with the resume hint
+
+
+def _exit(code: int) -> None:
+    """Leave with this code; a Ctrl-C that arrives while leaving changes nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
+
+
+def _interrupted() -> None:
+    terminated = _TERMINATED[0]
+    fail("terminated" if terminated else "interrupted")
+    _exit(143 if terminated else 130)
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM: stop like Ctrl-C (what is scored is saved, the resume hint is printed)."""
+    _TERMINATED[0] = True
+    raise KeyboardInterrupt

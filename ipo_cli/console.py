@@ -30,7 +30,7 @@ def fail(message: str) -> None:
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None, quiet: bool = False) -> Iterator[Callable[..., None]]:
     """Yields `advance(n=1, **fields)`; draws a bar on stderr unless quiet or not a TTY."""
-    if quiet or total == 0:
+    if quiet or total == 0 or not err.is_terminal:
         yield lambda n=1, **fields: None
         return
     from rich.progress import (

@@ -78,6 +78,17 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", name.strip().lower()).strip()
 
 
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file (a BOM is allowed); other bytes are a one-line error saying where."""
+    try:
+        return Path(path).read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IpoError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+                       "save it as UTF-8") from None
+    except OSError as exc:
+        raise IpoError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def read_classes(path: Path) -> list[str]:
     """One class per line; blank lines and `#` comments are ignored."""
     path = Path(path)
@@ -85,7 +96,7 @@ def read_classes(path: Path) -> list[str]:
         raise IpoError(f"classes file {path} does not exist", "pass a text file with one class name per line")
     names: list[str] = []
     seen: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in read_text(path, "classes file").splitlines():
         name = line.split("#", 1)[0].strip()
         if not name:
             continue
@@ -164,34 +175,51 @@ def load_folder(root: Path, classnames: list[str] | None = None) -> Dataset:
     return Dataset(list(classnames), items, root)
 
 
-def load_split(split_file: Path, root: Path, part: str = "train") -> Dataset:
-    """A CoOp split file: {"train"|"val"|"test": [[relative path, label, classname], ...]}."""
+def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_root: bool = False) -> Dataset:
+    """A CoOp split file: {"train"|"val"|"test": [[relative path, label, classname], ...]}.
+
+    Paths are relative to the image root; one that leads outside it (`..`, an absolute
+    path) is refused unless `allow_outside_root`."""
     split_file, root = Path(split_file), Path(root)
     if not split_file.is_file():
         raise IpoError(f"split file {split_file} does not exist")
     try:
-        data = json.loads(split_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(read_text(split_file, "split file"))
+    except json.JSONDecodeError as exc:
         raise IpoError(f"split file {split_file} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or part not in data:
+    if not isinstance(data, dict) or data.get(part) is None:
         raise IpoError(
             f"split file {split_file} has no {part!r} part",
             "a CoOp split file is {\"train\": [...], \"val\": [...], \"test\": [...]}",
         )
     names: dict[int, str] = {}
     for split_part in ("train", "val", "test"):
-        for entry in data.get(split_part) or []:
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[1], int)):
+        entries = data.get(split_part)
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            raise IpoError(f"split file {split_file}: {split_part!r} is a {type(entries).__name__}, not a list",
+                           "each part is a list of [relative path, integer label, class name]")
+        for n, entry in enumerate(entries):
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and entry[0]
+                    and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 0
+                    and isinstance(entry[2], str)):
                 raise IpoError(
-                    f"split file {split_file} has a malformed entry in {split_part!r}: {entry!r}",
+                    f"split file {split_file} has a malformed entry {n} in {split_part!r}: {str(entry)[:80]}",
                     "each entry is [relative path, integer label, class name]",
                 )
-            names.setdefault(entry[1], str(entry[2]))
+            names.setdefault(entry[1], entry[2])
     if sorted(names) != list(range(len(names))):
         raise IpoError(f"split file {split_file} does not number its labels 0..n-1")
     items = [ImageItem(root / entry[0], entry[1]) for entry in data[part]]
     if not items:
         raise IpoError(f"the {part!r} part of split file {split_file} is empty")
+    if not allow_outside_root:
+        base = root.resolve()
+        for item in items:
+            if not item.path.resolve().is_relative_to(base):
+                raise IpoError(f"split file {split_file} points outside the image root {root}: "
+                               f"{item.path}", "pass --allow-outside-root if that is intended")
     missing = [str(item.path) for item in items if not item.path.is_file()]
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -235,13 +263,14 @@ def load_dataset(
     classes_file: Path | None = None,
     split_file: Path | None = None,
     split_part: str = "train",
+    allow_outside_root: bool = False,
 ) -> Dataset:
     """The one entry point the commands use: a split file if given, else a class folder."""
     images = Path(images)
     if split_file is not None:
         if not images.is_dir():
             raise IpoError(f"images folder {images} does not exist")
-        dataset = load_split(split_file, images, split_part)
+        dataset = load_split(split_file, images, split_part, allow_outside_root)
         if classes_file is not None:
             given = [normalize_name(n) for n in read_classes(classes_file)]
             if given != [normalize_name(n) for n in dataset.classnames]:

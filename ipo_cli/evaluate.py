@@ -153,3 +153,29 @@ def evaluate(
                 row.delta, row.delta_low, row.delta_high = paired_bootstrap(score.correct, ref.correct, n_boot, seed)
         rows.append(row)
     return EvalReport(clip.identity, list(names), len(data.labels), baseline, rows, base_novel, list(data.skipped))
+
+
+def check_text_lengths(clip, prompts: list[Prompt], classnames: list[str], baseline: str | None = None,
+                       truncate: bool = False) -> list[str]:
+    """Every text a prompt makes must fit CLIP's context (77 tokens for CLIP): a longer one
+    is cut by the tokenizer, the class name can fall off the end, and every class then gets
+    the same text. Refused, or with `truncate`, allowed with one warning per prompt (the
+    returned lines). Also checks, before any image is embedded, that per-class prompts
+    cover every class."""
+    limit = int(getattr(clip.model, "context_length", 77) or 77)
+    checked = list(prompts) + ([Prompt(baseline, [baseline])] if baseline else [])
+    warnings = []
+    for prompt in checked:
+        longest, text = 0, ""
+        for texts in prompt.texts(classnames):
+            for t in texts:
+                n = clip.token_count(t)
+                if n > longest:
+                    longest, text = n, t
+        if longest > limit:
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            if not truncate:
+                raise IpoError(f"prompt {prompt.name[:60]!r} makes a text of {longest} CLIP tokens, more than the "
+                               f"{limit} CLIP reads: {shown!r}", "shorten it, or pass --truncate-long to cut it")
+            warnings.append(f"prompt {prompt.name[:60]!r} is cut at {limit} of its {longest} CLIP tokens")
+    return warnings

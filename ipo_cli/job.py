@@ -47,10 +47,33 @@ class Request:
     clip: str = "ViT-B-16:openai"
     clip_weights: str | None = None
     test_images: str | None = None
+    allow_outside_root: bool = False
 
     # settings that must not change on resume (all of them but where results go)
     def settings(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        """Refuse values that cannot mean anything (and could never be resumed: nan != nan)."""
+        import math
+
+        checks = [
+            ("--temperature", self.temperature, 0.0, 5.0), ("--shots", self.shots, 1, 10_000),
+            ("--steps", self.steps, 1, 100_000), ("--candidates", self.candidates, 1, 1000),
+            ("--history", self.history, 0, 100_000), ("--patience", self.patience, 1, 100_000),
+            ("--max-tokens", self.max_tokens, 8, 100_000), ("--seed", self.seed, 0, 2**63 - 1),
+        ]
+        if self.n_ctx is not None:
+            checks.append(("--n-ctx", self.n_ctx, 256, 10_000_000))
+        from ipo_cli.llm import check_url
+
+        for flag, url in (("--llm-url", self.llm_url), ("--lmm-url", self.lmm_url)):
+            if url:
+                check_url(url, flag)
+        for flag, value, low, high in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low <= value <= high:
+                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> Request:
@@ -69,7 +92,12 @@ def make_request(given: dict, budget: str | None = None, saved: dict | None = No
     data.update(given)
     if not data.get("images"):
         raise IpoError("missing the images folder", "ipo optimize IMAGES --classes classes.txt, or --resume DIR")
-    return Request.from_dict(data)
+    try:
+        request = Request.from_dict(data)
+    except TypeError as exc:
+        raise IpoError(f"the saved settings are malformed: {exc}", "start a new run") from None
+    request.check()
+    return request
 
 
 class Reporter:
@@ -111,7 +139,7 @@ def _sample(request: Request):
     from ipo_cli import dataset as ds
 
     full = ds.load_dataset(Path(request.images), Path(request.classes) if request.classes else None,
-                           Path(request.split) if request.split else None, "train")
+                           Path(request.split) if request.split else None, "train", request.allow_outside_root)
     if len(full.classnames) < 2:
         raise IpoError(f"{request.images} has {len(full.classnames)} class; prompt optimisation needs at least two")
     base_labels = list(range(len(full.classnames)))
@@ -125,7 +153,7 @@ def _sample(request: Request):
     if request.select == "val":
         k = min(request.shots, 4)
         if request.split:
-            val_pool = ds.load_split(Path(request.split), Path(request.images), "val").subset_classes(base_labels)
+            val_pool = ds.load_split(Path(request.split), Path(request.images), "val", request.allow_outside_root).subset_classes(base_labels)
         else:
             val_pool = pool.without(set(train.paths))
         try:
@@ -142,7 +170,7 @@ def _test_set(request: Request, full):
     if request.test_images:
         return ds.load_dataset(Path(request.test_images), Path(request.classes) if request.classes else None)
     if request.split:
-        return ds.load_split(Path(request.split), Path(request.images), "test")
+        return ds.load_split(Path(request.split), Path(request.images), "test", request.allow_outside_root)
     raise IpoError("--base-novel needs held-out images to report base and novel accuracy",
                    "pass --test-images DIR (same classes) or a --split file with a test part")
 
@@ -198,14 +226,25 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     reporter = reporter or Reporter()
     started = time.perf_counter()
     if resume:
-        folder, saved = RunFolder.open(out)
+        folder, saved = RunFolder.open(out, lock=True)
         diffs = compare_settings(saved.get("request", {}), request.settings())
         if diffs:
             raise IpoError(f"cannot resume {out} with different settings ({'; '.join(diffs)})",
                            "resume with the run's own settings (just --resume DIR), or start a new run with --out")
+        folder.records()  # a damaged history is reported now, not after the models are loaded
+    else:
+        RunFolder.check_target(out, force)
     if request.select not in ("train", "val"):
         raise IpoError(f"--select must be train or val, not {request.select!r}")
     full, train, val = _sample(request)
+    if resume:
+        drawn = {str(p) for p in train.paths}
+        for entry in (saved.get("split") or {}).get("train") or []:
+            path = str(entry[0]) if isinstance(entry, list) and entry else "?"
+            if path not in drawn:
+                gone = "is missing or unreadable" if not Path(path).is_file() else "is no longer drawn"
+                raise IpoError(f"cannot resume {out}: the training images changed since the run began "
+                               f"(train image {path} {gone})", "restore the images, or start a new run")
     use_lmm = (request.lmm or "").lower() != "none"
     if parallel is not None and parallel < 1:
         raise IpoError(f"--parallel must be at least 1, not {parallel}")
@@ -281,6 +320,10 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         if diffs:
             raise IpoError(f"cannot resume {out}: the models differ ({'; '.join(diffs)})",
                            "resume with the same model files")
+        changed = sample_changes(saved.get("split"), config["split"])
+        if changed:
+            raise IpoError(f"cannot resume {out}: the training images changed since the run began ({changed})",
+                           "restore the images, or start a new run")
     else:
         folder = RunFolder.create(out, config, force)
 
@@ -289,6 +332,8 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
                           on_step=reporter.step, parallel=parallel)
     result = optimizer.run()
+    if result.interrupted and not result.ranking:
+        raise KeyboardInterrupt  # stopped before even the baseline was scored: nothing to write
     name = Path(request.images).resolve().name
     report.write_outputs(folder, result, name, clip.identity, request.select,
                          {"run": str(folder.path), "models": models, "seed": request.seed})
@@ -312,6 +357,29 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         }
     folder.write_json("summary.json", summary)
     return summary
+
+
+def sample_changes(saved: Any, now: dict) -> str | None:
+    """The first difference between the sample a run was started with and today's."""
+    if not isinstance(saved, dict):
+        return "the run's config.json records no sample"
+    for part, items in now.items():
+        before = saved.get(part)
+        if not isinstance(before, list):
+            return f"the run recorded no {part} sample"
+        old = {str(p): l for p, l in (e for e in before if isinstance(e, list) and len(e) == 2)}
+        new = {p: l for p, l in items}
+        for path in old:
+            if path not in new:
+                return f"{part} image {path} is missing or unreadable now" if not Path(path).is_file() else \
+                    f"{part} image {path} is no longer in the sample"
+        for path in new:
+            if path not in old:
+                return f"{part} image {path} was not in the run's sample"
+        for path, label in new.items():
+            if old[path] != label:
+                return f"{part} image {path} has another class now"
+    return None
 
 
 def summarize(result, folder, models: dict, seconds: float) -> dict:

@@ -55,9 +55,11 @@ def parse_clip(model: str, weights: Path | str | None = None) -> ClipSpec:
         if not config.is_file():
             raise IpoError(f"model config {config} does not exist")
         try:
-            cfg = json.loads(config.read_text())
-            assert "embed_dim" in cfg and "vision_cfg" in cfg and "text_cfg" in cfg
-        except (json.JSONDecodeError, AssertionError):
+            cfg = json.loads(config.read_bytes().decode("utf-8"))
+            if not (isinstance(cfg, dict) and isinstance(cfg.get("embed_dim"), int)
+                    and isinstance(cfg.get("vision_cfg"), dict) and isinstance(cfg.get("text_cfg"), dict)):
+                raise ValueError("not an open_clip config")
+        except (ValueError, UnicodeDecodeError, OSError):
             raise IpoError(
                 f"model config {config} is not an open_clip model config",
                 "it needs embed_dim, vision_cfg and text_cfg, like open_clip's model_configs/*.json",
