@@ -184,6 +184,9 @@ class Store:
             value = self._read(key)
         except PickleRefused:
             self.pickles_refused += 1
+            if self.pickles_refused == 1:
+                _warn(f"the cache {self.path} held values in pickle mode, which ipo never writes; "
+                      "they were not loaded, and are deleted and recomputed")
             self._drop(key)
             return None
         except (sqlite3.DatabaseError, OSError, UnicodeDecodeError):

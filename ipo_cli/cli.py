@@ -41,6 +41,8 @@ ClipWeightsOpt = Annotated[Optional[Path], typer.Option("--clip-weights", help="
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $IPO_CACHE_DIR or the user cache directory).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where CLIP runs: auto (CUDA if available), cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A CoOp dataset (ImageNet, Caltech101, OxfordPets, StanfordCars, Flowers102, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101; ImageNetV2/Sketch/A/R for eval) under --data-root, laid out as CoOp's DATASETS.md says.")]
+DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA), with --dataset.")]
 OutsideRootOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder (.., absolute paths).")]
 GpuLayersOpt = Annotated[Optional[int], typer.Option("--gpu-layers", min=-1, help="llama.cpp layers to offload to the GPU: -1 all, 0 none (default: all when llama.cpp was built with GPU offload, else 0).")]
 
@@ -62,7 +64,9 @@ def _root(
 @app.command("eval")
 def eval_cmd(
     prompts: Annotated[Path, typer.Argument(help="JSON list of templates, a CLIP_benchmark template file, or an ipo prompts.json.")],
-    images: ImagesOpt,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).")] = None,
+    dataset: DatasetOpt = None,
+    data_root: DataRootOpt = None,
     classes: ClassesOpt = None,
     split: SplitOpt = None,
     split_part: Annotated[str, typer.Option("--split-part", help="Which part of --split to score.")] = "test",
@@ -70,7 +74,7 @@ def eval_cmd(
     shots: Annotated[Optional[int], typer.Option("--shots", min=1, help="Score only K images per class (seeded sample).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots sample and the bootstrap.")] = 1,
     base_novel: Annotated[bool, typer.Option("--base-novel", help="Also report base, novel and harmonic mean H (CoOp protocol).")] = False,
-    baseline: Annotated[str, typer.Option("--baseline", help="Hand-written template every prompt is compared with.")] = "a photo of a {}.",
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template every prompt is compared with (default: CoOp's for --dataset, else 'a photo of a {}.').")] = None,
     clip: ClipOpt = "ViT-B-16:openai",
     clip_weights: ClipWeightsOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -87,7 +91,18 @@ def eval_cmd(
     if split_part not in ("train", "val", "test"):
         raise IpoError(f"--split-part must be train, val or test, not {split_part!r}")
     prompt_list = pr.read_prompts(prompts)
-    data = ds.load_dataset(images, classes, split, split_part, allow_outside_root)
+    if dataset:
+        from ipo_cli import presets
+
+        if images or split or classes:
+            raise IpoError("--dataset says where the images are; leave out --images, --split and --classes")
+        data = presets.load(dataset, data_root, split_part)
+        baseline = baseline or presets.get(dataset).template
+    elif images is None:
+        raise IpoError("missing --images", "pass --images DIR, or --dataset NAME --data-root DIR")
+    else:
+        data = ds.load_dataset(images, classes, split, split_part, allow_outside_root)
+    baseline = baseline or "a photo of a {}."
     if shots:
         data = ds.few_shot(data, shots, seed)
     spec = vision.parse_clip(clip, clip_weights)
@@ -171,6 +186,9 @@ def optimize_cmd(
     select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.")] = None,
     test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).")] = None,
     allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.")] = None,
+    dataset: DatasetOpt = None,
+    data_root: DataRootOpt = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template the --base-novel report compares with (default: CoOp's for --dataset, else 'a photo of a {}.').")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
@@ -192,7 +210,8 @@ def optimize_cmd(
              "select": select, "llm": llm, "llm_url": llm_url, "llm_model": llm_model, "n_ctx": n_ctx, "lmm": lmm,
              "mmproj": _s(mmproj), "handler": handler, "lmm_url": lmm_url, "lmm_model": lmm_model, "clip": clip,
              "clip_weights": _s(clip_weights), "test_images": _s(test_images),
-             "allow_outside_root": allow_outside_root}
+             "allow_outside_root": allow_outside_root, "dataset": dataset, "data_root": _s(data_root),
+             "baseline": baseline}
     given = {k: v for k, v in given.items() if v is not None}
     saved = None
     if resume is not None:
@@ -219,6 +238,65 @@ def optimize_cmd(
         fail(f"stopped; continue with: ipo optimize --resume {summary['run']}")
         _SUMMARY_SHOWN[0] = True
         raise typer.Exit(143 if _TERMINATED[0] else 130)
+
+
+@app.command("bench")
+def bench_cmd(
+    data_root: Annotated[Path, typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA).")],
+    datasets: Annotated[str, typer.Option("--datasets", help="all, or a comma-separated list (e.g. DTD,EuroSAT).")] = "all",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (paper: 1,2,3).")] = "1,2,3",
+    shots: Annotated[int, typer.Option("--shots", min=1, help="Training images per class (paper: 1).")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="The bench folder: one run folder per dataset and seed, then table.md and table.json.")] = Path("runs/bench"),
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Steps x candidates of every run: light, medium, heavy (default: the paper's 100x5).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1)] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1)] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="As for ipo optimize.")] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="As for ipo optimize.")] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model")] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="As for ipo optimize (none: no descriptions).")] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url")] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (paper: ViT-B-16:openai).")] = None,
+    clip_weights: ClipWeightsOpt = None,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The base-to-novel benchmark: an optimize run per dataset and seed, then the paper's table."""
+    from ipo_cli import bench, job, presets
+
+    names = presets.BASE_TO_NOVEL if datasets.strip().lower() == "all" else \
+        [presets.get(n).name for n in bench.parse_list(datasets, "--datasets")]
+    seed_list = bench.parse_list(seeds, "--seeds", int)
+    given = {"data_root": str(data_root), "shots": shots, "steps": steps, "candidates": candidates, "llm": llm,
+             "llm_url": llm_url, "llm_model": llm_model, "lmm": lmm, "lmm_url": lmm_url, "lmm_model": lmm_model,
+             "clip": clip, "clip_weights": _s(clip_weights)}
+    given = {k: v for k, v in given.items() if v is not None}
+    cells = bench.cells(out_dir, names, seed_list)
+    sweep = bench.plan(cells, given, budget)
+    if not as_json:
+        err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s) = "
+                                f"{sweep['runs']} runs ({sweep['finished']} finished), up to {sweep['llm_calls_max']} "
+                                f"LLM calls and {sweep['captions_max']} image descriptions to go; folder {out_dir}"))
+
+    def run_one(request, folder, resume):
+        reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
+        try:
+            return job.run(request, folder, resume=resume, cache_dir=cache_dir, reporter=reporter, device=device,
+                           gpu_layers=gpu_layers)
+        finally:
+            reporter.close()
+
+    try:
+        bench.run_cells(cells, given, budget, run_one)
+    finally:
+        result = bench.table(cells, shots)
+        bench.write_tables(out_dir, result)
+    if as_json:
+        print(json.dumps({"plan": sweep, **result}))
+    else:
+        out.print(bench.markdown(result))
 
 
 def _s(path) -> Optional[str]:
@@ -249,7 +327,8 @@ class _OptimizeReporter:
             f": {plan['train_images']} training images ({plan['shots']} per class, "
             f"{plan['train_classes']} of {plan['classes']} classes), {plan['steps']} steps x "
             f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls{parallel}, "
-            f"{plan['captions']} image descriptions\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
+            f"{plan['captions']} image descriptions (of {plan.get('captions_of', plan['captions'])} training "
+            f"images: what fits the LLM's context)\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
             f"      CLIP {plan['clip']}; run folder {plan['out']}"))
 
     def status(self, message: str):

@@ -231,19 +231,34 @@ def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_
     return Dataset(classnames, items, root)
 
 
-def few_shot(dataset: Dataset, shots: int, seed: int) -> Dataset:
-    """K images per class, drawn as CoOp does (`random.sample` per label, seeded once)."""
+def few_shot(dataset: Dataset, shots: int, seed: int | random.Random, strict: bool = True) -> Dataset:
+    """K images per class, drawn exactly as Dassl's `generate_fewshot_dataset` (called by
+    CoOp's dataset classes) draws them: the items are grouped by label in the order each
+    label first appears in the list (`split_dataset_by_label`, a defaultdict), and each
+    group gives `random.sample(items, K)` from one generator seeded once; a group with
+    fewer than K items is taken whole. Pass a `random.Random` to continue a generator (CoOp
+    draws the val sample right after the train sample from the same one).
+
+    `strict` (the training sample): a class with fewer than K images is an error instead,
+    since the user asked for K."""
     if shots < 1:
         raise IpoError(f"--shots must be at least 1, not {shots}")
-    rng = random.Random(seed)
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
+    groups: dict[int, list[ImageItem]] = {}
+    for item in dataset.items:
+        groups.setdefault(item.label, []).append(item)
+    if strict:
+        for label in range(len(dataset.classnames)):
+            held = len(groups.get(label, []))
+            if held < shots:
+                smallest = min(len(groups.get(i, [])) for i in range(len(dataset.classnames)))
+                raise IpoError(
+                    f"--shots {shots} is more than class {dataset.classnames[label]!r} holds ({held} images)",
+                    f"use --shots {max(smallest, 1)} or add images",
+                )
     sampled: list[ImageItem] = []
-    for label, items in dataset.by_label().items():
-        if len(items) < shots:
-            raise IpoError(
-                f"--shots {shots} is more than class {dataset.classnames[label]!r} holds ({len(items)} images)",
-                f"use --shots {min(len(v) for v in dataset.by_label().values())} or add images",
-            )
-        sampled.extend(rng.sample(items, shots))
+    for items in groups.values():
+        sampled.extend(rng.sample(items, shots) if len(items) >= shots else items)
     return Dataset(dataset.classnames, sampled, dataset.root, list(dataset.original_labels))
 
 

@@ -129,14 +129,15 @@ class ServerVision:
 
 
 def redaction_patterns(classnames: Sequence[str]) -> re.Pattern | None:
-    """Each class name and its distinctive words (3+ letters, not common words), plurals too."""
-    common = {"the", "and", "with", "for", "type", "kind", "photo", "image", "picture", "object", "thing"}
+    """Each class name as a whole phrase, and its plural: "pink primrose" and "pink
+    primroses" are redacted, "pink" and "primrose" alone are not (a description that loses
+    its colours and its generic nouns is of little use to the LLM). Pass the classes the
+    loop trains on only: novel class names must not change what the LLM sees."""
     terms: set[str] = set()
     for name in classnames:
         words = re.findall(r"[a-z0-9]+", name.lower())
         if words:
             terms.add(r"[\s_\-]*".join(map(re.escape, words)))  # "t-shirt", "t shirt", "tshirt"
-        terms.update(re.escape(w) for w in words if len(w) >= 3 and w not in common)
     if not terms:
         return None
     alternatives = "|".join(sorted(terms, key=len, reverse=True))

@@ -15,6 +15,8 @@ from ipo_cli import __version__
 from ipo_cli.errors import IpoError
 from ipo_cli.optimizer import BUDGETS, LoopSettings
 
+DEFAULT_BASELINE = "a photo of a {}."
+
 
 @dataclass
 class Request:
@@ -48,6 +50,9 @@ class Request:
     clip_weights: str | None = None
     test_images: str | None = None
     allow_outside_root: bool = False
+    dataset: str | None = None  # a CoOp dataset preset (presets.py), with data_root
+    data_root: str | None = None
+    baseline: str | None = None  # the hand-written template reports compare with
 
     # settings that must not change on resume (all of them but where results go)
     def settings(self) -> dict:
@@ -82,16 +87,29 @@ class Request:
 
 
 def make_request(given: dict, budget: str | None = None, saved: dict | None = None) -> Request:
-    """The settings of a run: a resumed run's own, then the --budget preset, then what the
-    user typed (explicit --steps/--candidates beat the preset)."""
+    """The settings of a run, in one place, by precedence: what the user typed, then the
+    presets (--budget's steps x candidates; --dataset's images, task hint and baseline
+    template), then a resumed run's saved settings, then the defaults."""
     data = dict(saved or {})
     if budget:
         if budget not in BUDGETS:
             raise IpoError(f"--budget must be one of {', '.join(BUDGETS)}, not {budget!r}")
         data["steps"], data["candidates"] = BUDGETS[budget]
+    dataset = given.get("dataset") or data.get("dataset")
+    if dataset:
+        from ipo_cli import presets
+
+        preset = presets.get(dataset)
+        root = given.get("data_root") or data.get("data_root")
+        data.update(dataset=preset.name, task_hint=preset.hint, baseline=preset.template,
+                    images=str(presets.images_folder(preset, Path(root))) if root else None)
+        for key in ("split", "classes"):
+            if given.get(key):
+                raise IpoError(f"--{key} and --dataset both say where the images are", "pass one of them")
     data.update(given)
     if not data.get("images"):
-        raise IpoError("missing the images folder", "ipo optimize IMAGES --classes classes.txt, or --resume DIR")
+        raise IpoError("missing the images folder",
+                       "ipo optimize IMAGES --classes classes.txt, --dataset NAME --data-root DIR, or --resume DIR")
     try:
         request = Request.from_dict(data)
     except TypeError as exc:
@@ -134,12 +152,48 @@ def _ensure_pulled(name: str, kind: str, offline: bool, reporter: Reporter) -> N
     reporter.pull(name, entry.size)
 
 
+# What a description is budgeted at when deciding how many fit the meta-prompt, before any
+# is written: a typical detailed caption (half the 160-token cap) plus its "Image_i: "
+# line; the task and instructions; and the first few history items (the meta-prompt then
+# drops descriptions, seeded, as the history grows).
+CAPTION_TOKENS = 80 + 8
+META_OVERHEAD = 600
+HISTORY_ITEM_TOKENS = 60
+HISTORY_RESERVED = 5
+
+
+def described_subset(request: Request, plan: dict, n_images: int) -> list[int]:
+    """Which training images to caption: a subset drawn with --seed, as many as fit the
+    LLM's context next to a full history (each description at its longest), so that no LMM
+    call is spent on a description the meta-prompt would leave out."""
+    import random
+
+    from ipo_cli import catalogue
+
+    n_ctx = request.n_ctx
+    if n_ctx is None and not request.llm_url:
+        entry = catalogue.load_catalogue().get(plan.get("llm", ""))
+        n_ctx = entry.n_ctx if entry else None
+    n_ctx = n_ctx or 8192
+    room = n_ctx - request.max_tokens - 16 - META_OVERHEAD - min(request.history, HISTORY_RESERVED) * HISTORY_ITEM_TOKENS
+    fit = max(0, room // CAPTION_TOKENS)
+    order = list(range(n_images))
+    random.Random(request.seed).shuffle(order)
+    return sorted(order[:fit])
+
+
 def _sample(request: Request):
-    """Training (and validation) images as the CoOp protocol draws them."""
+    """Training (and validation) images as CoOp/Dassl draw them: one generator seeded with
+    --seed draws K shots per class over all classes (labels in the order they first appear
+    in the split's train list), then the val sample with min(K, 4) shots from the split's
+    val list (CoOp's dataset classes), and only then are the classes cut to the base half
+    (`subsample_classes`). The val sample is drawn even when not used, so the training
+    images are the same with --select train or val."""
+    import random
+
     from ipo_cli import dataset as ds
 
-    full = ds.load_dataset(Path(request.images), Path(request.classes) if request.classes else None,
-                           Path(request.split) if request.split else None, "train", request.allow_outside_root)
+    full = _load(request, "train")
     if len(full.classnames) < 2:
         raise IpoError(f"{request.images} has {len(full.classnames)} class; prompt optimisation needs at least two")
     base_labels = list(range(len(full.classnames)))
@@ -147,21 +201,48 @@ def _sample(request: Request):
         base_labels, _ = ds.base_novel_labels(len(full.classnames))
         if len(base_labels) < 2:
             raise IpoError("--base-novel leaves fewer than two base classes", "use at least four classes")
-    pool = full.subset_classes(base_labels)
-    train = ds.few_shot(pool, request.shots, request.seed)
+    rng = random.Random(request.seed)
+    train_all = ds.few_shot(full, request.shots, rng)
+    k = min(request.shots, 4)
+    val_source = _val_source(request, full, train_all)
+    val_all = ds.few_shot(val_source, k, rng, strict=False) if val_source is not None else None
+    train = train_all.subset_classes(base_labels)
     val = None
     if request.select == "val":
-        k = min(request.shots, 4)
-        if request.split:
-            val_pool = ds.load_split(Path(request.split), Path(request.images), "val", request.allow_outside_root).subset_classes(base_labels)
-        else:
-            val_pool = pool.without(set(train.paths))
-        try:
-            val = ds.few_shot(val_pool, k, request.seed)
-        except IpoError as exc:
-            raise IpoError(f"not enough images left for the validation sample of --select val: {exc.message}",
-                           "add images or use --select train") from None
+        if val_all is None or any(len(v) == 0 for v in val_all.subset_classes(base_labels).by_label().values()):
+            raise IpoError("not enough images for the validation sample of --select val",
+                           "add images, or use --select train")
+        val = val_all.subset_classes(base_labels)
     return full, train, val
+
+
+def _load(request: Request, part: str):
+    from ipo_cli import dataset as ds
+
+    if request.dataset:
+        from ipo_cli import presets
+
+        return presets.load(request.dataset, request.data_root, part)
+    return ds.load_dataset(Path(request.images), Path(request.classes) if request.classes else None,
+                           Path(request.split) if request.split else None, part, request.allow_outside_root)
+
+
+def _val_source(request: Request, full, train):
+    """CoOp's val list: the split file's val part; for a plain folder, the images not drawn
+    for training."""
+    from ipo_cli import dataset as ds
+
+    if request.dataset:
+        try:
+            return _load(request, "val")
+        except IpoError:
+            return None  # CoOp's ImageNet draws no val sample
+    if request.split:
+        try:
+            return ds.load_split(Path(request.split), Path(request.images), "val", request.allow_outside_root)
+        except IpoError:
+            return None  # no val part: CoOp's ImageNet uses none either
+    return full.without(set(train.paths))
 
 
 def _test_set(request: Request, full):
@@ -169,6 +250,8 @@ def _test_set(request: Request, full):
 
     if request.test_images:
         return ds.load_dataset(Path(request.test_images), Path(request.classes) if request.classes else None)
+    if request.dataset:
+        return _load(request, "test")
     if request.split:
         return ds.load_split(Path(request.split), Path(request.images), "test", request.allow_outside_root)
     raise IpoError("--base-novel needs held-out images to report base and novel accuracy",
@@ -255,11 +338,14 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         "shots": request.shots, "train_images": len(train.items), "val_images": len(val.items) if val else 0,
         "steps": request.steps, "candidates": request.candidates,
         "llm_calls_max": request.steps * request.candidates,
-        "captions": len(train.items) if use_lmm else 0,
+        "captions": 0,
         **models_plan,
         "parallel": parallel if request.llm_url else 1,
         "clip": request.clip, "out": str(out),
     }
+    described = described_subset(request, plan, len(train.items)) if use_lmm else []
+    plan["captions"] = len(described)
+    plan["captions_of"] = len(train.items)
     reporter.plan(plan)
     if not request.llm and not request.llm_url:
         _ensure_pulled(plan["llm"], "llm", offline, reporter)
@@ -293,9 +379,11 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
                                            gpu_layers=gpu_layers)
         lmm_identity = backend.identity
         captioner = describe.Captioner(backend, cache.Store(root, "captions"))
-        paths = train_set.dataset.paths
+        chosen, readable = set(described), set(train_set.dataset.paths)
+        paths = [p for i, p in enumerate(train.paths) if i in chosen and p in readable]
+        # only the classes the loop trains on are redacted, and only as whole phrases
         with reporter.progress("describing images", len(paths)) as advance:
-            captions = captioner.caption(paths, full.classnames, progress=advance)
+            captions = captioner.caption(paths, train_set.dataset.classnames, progress=advance)
         for path, reason in captions.failed:
             reporter.warn(f"no description for {path}: {reason}")
         descriptions = [c.caption for c in captions.captions]
@@ -346,7 +434,8 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         from ipo_cli.prompts import parse_prompts
 
         evaluation = evaluate.evaluate(clip, test_set, parse_prompts([result.best["template"]]),
-                                       baseline="a photo of a {}.", base_novel=True, seed=request.seed)
+                                       baseline=request.baseline or DEFAULT_BASELINE, base_novel=True,
+                                       seed=request.seed)
         folder.write_json("eval_base_novel.json", evaluation.to_json())
         best_row, base_row = evaluation.rows[0], evaluation.rows[-1]
         summary["base_novel"] = {

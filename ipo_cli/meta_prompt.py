@@ -23,7 +23,7 @@ MAX_CLIP_TOKENS = 77
 # Exactly one <INS>...</INS> answer with exactly one <CLASS>. Each side is bounded so that
 # the answer closes within GRAMMAR_MAX_TOKENS even at one token per character.
 INS_GRAMMAR = r'''root ::= "<INS>" side "<CLASS>" side "</INS>"
-side ::= [^<>\n]{0,70}'''
+side ::= [^<>{}\n]{0,70}'''
 GRAMMAR_MAX_TOKENS = 160
 
 TASK = (
@@ -167,6 +167,8 @@ class Validator:
             return Checked(template, "leaked <INS> tags")
         if not template:
             return Checked(template, "empty")
+        if "{" in template or "}" in template:  # `{}` / `{c}` would be filled with the class name too
+            return Checked(template, "contains { or }, which other tools read as a class placeholder")
         count = template.count(PLACEHOLDER)
         if count != 1:
             return Checked(template, f"{count} <CLASS> placeholders, needs exactly one")

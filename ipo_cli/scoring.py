@@ -121,8 +121,11 @@ def score_embeddings(
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     loss = float(-log_probs[np.arange(len(labels)), labels].mean()) if len(labels) else float("nan")
     true_logit = logits[np.arange(len(labels)), labels][:, None]
-    # rank = number of classes scoring strictly higher than the true class
-    rank = (logits > true_logit).sum(axis=1)
+    # rank = the true class's place in an argmax ordering: the classes scoring higher, plus
+    # the classes scoring exactly the same with a lower index (np.argmax gives ties to the
+    # lowest index), so an exact tie is a hit only for the class that argmax would pick
+    lower_index = np.arange(n_classes)[None, :] < labels[:, None]
+    rank = (logits > true_logit).sum(axis=1) + ((logits == true_logit) & lower_index).sum(axis=1)
     correct = rank == 0
     top5 = rank < min(5, n_classes)
     per_class = []

@@ -236,6 +236,7 @@ class FakeOpenAI(_Server):
         self.in_flight = 0
         self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.usage = None  # replaces the usage object of every answer when set
         super().__init__(_OpenAIHandler)
 
     @property
@@ -300,8 +301,9 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
         self._json(200, {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": payload["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": 120, "completion_tokens": 9, "total_tokens": 129,
-                      "prompt_tokens_details": {"cached_tokens": 64}},
+            "usage": state.usage if state.usage is not None else {
+                "prompt_tokens": 120, "completion_tokens": 9, "total_tokens": 129,
+                "prompt_tokens_details": {"cached_tokens": 64}},
         })
 
     def _json(self, code: int, data: dict):

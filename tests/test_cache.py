@@ -63,3 +63,48 @@ def test_info_and_clear(tmp_path):
 def test_keys_change_with_every_part():
     assert cache.key_of("a", 1) == cache.key_of("a", 1)
     assert cache.key_of("a", 1) != cache.key_of("a", 2)
+
+
+def test_a_read_only_store_serves_hits_and_skips_writes(tmp_path, monkeypatch):
+    """As root the tests cannot make a folder read-only, so the open fails the way sqlite
+    fails on one ("attempt to write a readonly database"); reads then go through sqlite's
+    own read-only mode on the real file."""
+    import diskcache
+
+    store = cache.Store(tmp_path, "captions")
+    store.set_json("k", {"caption": "kept"})
+    store.close()
+    said = []
+    cache.set_warner(said.append)
+
+    def refuse(*args, **kwargs):
+        raise sqlite3.OperationalError("attempt to write a readonly database")
+
+    monkeypatch.setattr(diskcache, "Cache", refuse)
+    try:
+        ro = cache.Store(tmp_path, "captions")
+        assert ro.read_only and ro.get_json("k") == {"caption": "kept"} and len(ro) == 1
+        ro.set_json("new", {"caption": "x"})  # skipped, no error
+        assert ro.get_json("new") is None
+    finally:
+        cache.set_warner(lambda message: None)
+    assert len(said) == 1 and "read-only" in said[0]
+
+
+def test_a_full_disk_is_one_error_and_keeps_what_was_written(tmp_path, monkeypatch):
+    from ipo_cli.errors import IpoError
+
+    store = cache.Store(tmp_path, "embeddings")
+    store.set_array("first", np.ones(3))
+
+    def full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store._cache, "set", full)
+    try:
+        store.set_array("second", np.ones(3))
+    except IpoError as exc:
+        assert "is full" in str(exc) and "kept" in str(exc)
+    else:
+        raise AssertionError("no error")
+    assert store.get_array("first") is not None

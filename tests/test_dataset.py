@@ -148,6 +148,52 @@ def test_few_shot_follows_coop_sampling_and_is_seeded(tmp_path):
     assert one.items == expected
 
 
+def dassl_reference(train, val, shots, seed):
+    """Dassl's steps, written out independently of ipo (Dassl.pytorch
+    dassl/data/datasets/base_dataset.py generate_fewshot_dataset / split_dataset_by_label,
+    and CoOp's datasets/*.py): the global seed, train then val with min(K, 4) shots, each
+    grouped by label in order of first appearance (a defaultdict)."""
+    from collections import defaultdict
+
+    random.seed(seed)
+    out = []
+    for source, k in ((train, shots), (val, min(shots, 4))):
+        tracker = defaultdict(list)
+        for item in source:
+            tracker[item[1]].append(item)
+        picked = []
+        for label, items in tracker.items():
+            picked.extend(random.sample(items, k) if len(items) >= k else items)
+        out.append(picked)
+    return out
+
+
+def test_sampling_equals_dassl_on_a_shuffled_split_file(tmp_path):
+    """A split file whose train list is not grouped by label (as real CoOp split files are
+    not always): ipo draws exactly Dassl's images, train and val, before the base cut."""
+    import json
+
+    from ipo_cli import job
+
+    root = make_folder(tmp_path / "imgs", {f"class{i}": 12 for i in range(6)})
+    rng = random.Random(7)
+    entries = [[str(p.relative_to(root)), i, f"class{i}"] for i in range(6)
+               for p in sorted((root / f"class{i}").iterdir())]
+    rng.shuffle(entries)
+    train_entries, val_entries = entries[:48], entries[48:]
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": train_entries, "val": val_entries, "test": val_entries}))
+    for shots, seed in ((1, 1), (2, 2), (16, 3)):
+        request = job.Request(images=str(root), split=str(split), shots=min(shots, 4), seed=seed, base_novel=True,
+                              select="val")
+        full, train, val = job._sample(request)
+        ref_train, ref_val = dassl_reference([tuple(e) for e in train_entries], [tuple(e) for e in val_entries],
+                                             min(shots, 4), seed)
+        base = {0, 1, 2}  # CoOp keeps the first ceil(6/2) labels after sampling
+        assert [str(p) for p in train.paths] == [str(root / e[0]) for e in ref_train if e[1] in base]
+        assert [str(p) for p in val.paths] == [str(root / e[0]) for e in ref_val if e[1] in base]
+
+
 def test_too_many_shots_names_the_class(tmp_path):
     root = make_folder(tmp_path / "imgs", {"a": 5, "tiny": 2})
     with pytest.raises(IpoError, match="'tiny' holds \\(2 images\\)"):

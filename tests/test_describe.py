@@ -123,3 +123,30 @@ def test_describe_flat_folder_redacts_with_classes_file(tmp_path, fashion_train)
     lines = [json.loads(l) for l in result.stdout.splitlines()]
     assert lines[-1]["summary"]["captioned"] == 3 and lines[-1]["summary"]["redactions"] == 6
     assert lines[0]["caption"] == "A [...] next to a [...]." and lines[0]["label"] is None
+
+
+def test_redaction_keeps_colours_and_generic_words():
+    """Realistic captions (in the style of the official IPO repo's MiniCPM descriptions of
+    Flowers102): only the whole class phrase goes."""
+    pattern = describe.redaction_patterns(["pink primrose", "sunflower", "black-eyed susan"])
+    caption = ("The flower in the image is a pink primrose with vibrant pink petals and a yellow center; "
+               "two pink primroses grow beside a tall sunflower. The black eyed Susan in the back has dark "
+               "centers. The petals are pink and the leaves are green.")
+    text, n = describe.redact(caption, pattern)
+    assert n == 4
+    assert "primrose" not in text and "sunflower" not in text and "susan" not in text.lower()
+    for kept in ("flower in the image", "vibrant pink petals", "yellow center", "dark centers", "green"):
+        assert kept in text
+
+
+def test_only_the_seeded_subset_that_fits_is_described():
+    from ipo_cli import job
+
+    request = job.Request(images="x", seed=3, n_ctx=4096)
+    chosen = job.described_subset(request, {"llm": "x"}, 200)
+    assert 20 <= len(chosen) < 200 and chosen == sorted(chosen)
+    assert chosen == job.described_subset(request, {"llm": "x"}, 200)  # seeded
+    assert chosen != job.described_subset(job.Request(images="x", seed=4, n_ctx=4096), {"llm": "x"}, 200)
+    bigger = job.described_subset(job.Request(images="x", seed=3, n_ctx=16384), {"llm": "x"}, 200)
+    assert len(bigger) > len(chosen)
+    assert job.described_subset(request, {"llm": "x"}, 10) == list(range(10))  # all fit

@@ -143,6 +143,7 @@ def test_a_planted_pickle_runs_nothing(small, tmp_path, clip):
     result = evaluate(small, tmp_path, clip)
     fine(result)
     assert not marker.exists()
+    assert "pickle mode" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert cache_entries() == len(keys)  # the poisoned rows were replaced by recomputed ones
 
 
@@ -497,7 +498,10 @@ def test_a_usage_list_is_ignored(small, tmp_path, clip):
         return "<INS>a photo of a <CLASS>, close up.</INS>"
 
     with FakeOpenAI(key=KEY, reply=reply) as api:
-        fine(optimize(small, clip, tmp_path / "run", url=api.url + "/v1"))
+        api.usage = [1, 2, 3]
+        result = optimize(small, clip, tmp_path / "run", url=api.url + "/v1")
+    fine(result)
+    assert json.loads(result.stdout)["tokens"]["prompt_tokens"] == 0
 
 
 # ---- 6. the model store -------------------------------------------------------------------

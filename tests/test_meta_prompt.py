@@ -90,3 +90,12 @@ def test_grammar_forces_one_answer_with_one_placeholder(smollm):
     for seed in range(4):
         out = llm.generate(meta.messages, seed, SamplingSettings(max_tokens=mp.GRAMMAR_MAX_TOKENS), grammar=mp.INS_GRAMMAR)
         assert re.fullmatch(r"<INS>[^<>\n]*<CLASS>[^<>\n]*</INS>", out.text), out.text
+
+
+def test_braces_are_rejected_by_validator_and_grammar():
+    from ipo_cli import meta_prompt as mp
+
+    validator = mp.Validator(["cat", "dog"], lambda t: len(t.split()) + 2)
+    for raw in ("<INS>a photo of a {} <CLASS></INS>", "<INS>a {c} of a <CLASS></INS>"):
+        assert validator.check(raw).reason.startswith("contains { or }")
+    assert "[^<>{}\\n]" in mp.INS_GRAMMAR

@@ -34,7 +34,8 @@ def test_run_folder_is_complete_and_consistent(tmp_path, fashion_train, fashion_
     out = tmp_path / "run"
     with FakeChatServer(lambda p: "A dark item with a strap, seen from the front on black.") as captioner:
         result = run_ipo(*base_args(fashion_train, smollm, tiny_config, tiny_checkpoint, out),
-                         "--lmm-url", captioner.url + "/v1", "--task-hint", "product photos", "--json")
+                         "--lmm-url", captioner.url + "/v1", "--task-hint", "product photos", "--json",
+                         "--n-ctx", "4096")  # room for all 20 descriptions
         caption_calls = len(captioner.requests)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

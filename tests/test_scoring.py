@@ -93,3 +93,15 @@ def test_paired_bootstrap_interval():
 def test_harmonic_mean():
     assert scoring.harmonic_mean(80, 60) == pytest.approx(2 * 80 * 60 / 140)
     assert scoring.harmonic_mean(0, 0) == 0
+
+
+def test_an_exact_tie_is_a_hit_only_for_the_class_argmax_picks():
+    import numpy as np
+
+    from ipo_cli.scoring import score_embeddings
+
+    text = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # classes 0 and 1 have the same text
+    images = np.array([[1.0, 0.0], [1.0, 0.0]])
+    score = score_embeddings(images, [0, 1], text, 1.0)
+    assert list(score.correct) == [True, False]  # argmax picks class 0 for both
+    assert score.acc1 == 50.0 and score.acc5 == 100.0
