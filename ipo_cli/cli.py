@@ -204,15 +204,13 @@ def optimize_cmd(
 
     from ipo_cli import job
 
-    given = {"images": str(images) if images else None, "classes": _s(classes), "split": _s(split), "shots": shots,
-             "seed": seed, "base_novel": base_novel, "steps": steps, "candidates": candidates, "history": history,
-             "patience": patience, "temperature": temperature, "max_tokens": max_tokens, "task_hint": task_hint,
-             "select": select, "llm": llm, "llm_url": llm_url, "llm_model": llm_model, "n_ctx": n_ctx, "lmm": lmm,
-             "mmproj": _s(mmproj), "handler": handler, "lmm_url": lmm_url, "lmm_model": lmm_model, "clip": clip,
-             "clip_weights": _s(clip_weights), "test_images": _s(test_images),
-             "allow_outside_root": allow_outside_root, "dataset": dataset, "data_root": _s(data_root),
-             "baseline": baseline}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = job.Overrides(
+        images=_s(images), classes=_s(classes), split=_s(split), shots=shots, seed=seed, base_novel=base_novel,
+        steps=steps, candidates=candidates, history=history, patience=patience, temperature=temperature,
+        max_tokens=max_tokens, task_hint=task_hint, select=select, llm=llm, llm_url=llm_url, llm_model=llm_model,
+        n_ctx=n_ctx, lmm=lmm, mmproj=_s(mmproj), handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
+        clip_weights=_s(clip_weights), test_images=_s(test_images), allow_outside_root=allow_outside_root,
+        dataset=dataset, data_root=_s(data_root), baseline=baseline)
     saved = None
     if resume is not None:
         from ipo_cli.runs import RunFolder

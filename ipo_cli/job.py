@@ -86,10 +86,24 @@ class Request:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def make_request(given: dict, budget: str | None = None, saved: dict | None = None) -> Request:
+def _overrides():
+    from dataclasses import make_dataclass
+    from typing import Optional
+
+    return make_dataclass("Overrides", [(f.name, Optional[f.type], None) for f in fields(Request)])
+
+
+# What the user typed: every Request field, None where not given. The CLI builds this
+# directly, so a flag that names no setting fails at once instead of vanishing in a dict.
+Overrides = _overrides()
+
+
+def make_request(given: dict | Any, budget: str | None = None, saved: dict | None = None) -> Request:
     """The settings of a run, in one place, by precedence: what the user typed, then the
     presets (--budget's steps x candidates; --dataset's images, task hint and baseline
     template), then a resumed run's saved settings, then the defaults."""
+    if not isinstance(given, dict):  # Overrides
+        given = {k: v for k, v in asdict(given).items() if v is not None}
     data = dict(saved or {})
     if budget:
         if budget not in BUDGETS:
