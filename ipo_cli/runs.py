@@ -62,7 +62,7 @@ class RunFolder:
                 raise IpoError(f"--force would delete {path}, which ipo did not create as a run folder "
                                f"(no {MARKER} marker)", "choose another --out; ipo deletes only its own runs")
             probe = cls(path)
-            probe.lock()
+            probe.lock()  # never delete a run another process is writing
             probe.unlock()
         for parent in path.parents:
             if parent.exists():
@@ -73,18 +73,8 @@ class RunFolder:
     @classmethod
     def create(cls, path: Path, config: dict, force: bool = False) -> RunFolder:
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise IpoError(f"--out {path} is a file, not a folder", "choose another --out")
-        if path.exists() and any(path.iterdir()):
-            if not force:
-                raise IpoError(f"output folder {path} already exists",
-                               "pass --resume to continue that run, --force to overwrite it, or another --out")
-            if not is_run_folder(path):
-                raise IpoError(f"--force would delete {path}, which ipo did not create as a run folder "
-                               f"(no {MARKER} marker)", "choose another --out; ipo deletes only its own runs")
-            probe = cls(path)
-            probe.lock()  # never delete a run another process is writing
-            probe.unlock()
+        cls.check_target(path, force)
+        if path.exists() and any(path.iterdir()):  # an ipo run, not in use, and --force
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         folder = cls(path)

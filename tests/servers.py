@@ -244,7 +244,17 @@ class FakeOpenAI(_Server):
         return [r["json"] for r in self.requests if "json" in r]
 
 
-class _OpenAIHandler(BaseHTTPRequestHandler):
+class _JsonHandler(BaseHTTPRequestHandler):
+    def _json(self, code: int, data: dict):
+        body = json.dumps(data).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _OpenAIHandler(_JsonHandler):
     server_state: FakeOpenAI
 
     def _auth_ok(self) -> bool:
@@ -306,13 +316,6 @@ class _OpenAIHandler(BaseHTTPRequestHandler):
                 "prompt_tokens_details": {"cached_tokens": 64}},
         })
 
-    def _json(self, code: int, data: dict):
-        body = json.dumps(data).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 # ---- Ollama as it really answers (github.com/ollama/ollama docs/api.md, docs/openai.md) ----
@@ -335,7 +338,7 @@ class FakeOllama(_Server):
         return [r["json"] for r in self.requests if r["path"] == "/api/chat"]
 
 
-class _OllamaHandler(BaseHTTPRequestHandler):
+class _OllamaHandler(_JsonHandler):
     server_state: FakeOllama
 
     def do_GET(self):
@@ -372,13 +375,6 @@ class _OllamaHandler(BaseHTTPRequestHandler):
                                     "prompt_eval_count": prompt_tokens, "eval_count": 12})
         self._json(404, {"error": "404 page not found"})
 
-    def _json(self, code: int, data: dict):
-        body = json.dumps(data).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 class TrickleServer(_Server):
