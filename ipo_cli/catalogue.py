@@ -617,14 +617,16 @@ def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int,
     if name not in catalogue:
         raise IpoError(f"unknown model {name!r}" + close_matches(name, list(catalogue)), "see: ipo models list")
     entry = catalogue[name]
-    files = None
-    if offline():
+    pinned = [RemoteFile(role, entry.source["file" if role == "model" else role], pin["size"], pin["sha256"],
+                         "catalogue") for role, pin in sorted(entry.files.items())] if entry.pinned else None
+    if pinned and all(find_in_hf_cache(entry.repo, entry.revision, f.filename) for f in pinned):
+        files = pinned  # everything is in the user's hub cache: no need to ask the hub
+    elif offline():
         # Offline, the user's hub cache can still serve a fully pinned entry.
         if not entry.pinned:
             raise IpoError(f"cannot pull {name!r} while offline (HF_HUB_OFFLINE or IPO_OFFLINE is set)",
                            f"unset it and run: ipo models pull {name}")
-        files = [RemoteFile(role, entry.source["file" if role == "model" else role], pin["size"], pin["sha256"],
-                            "catalogue") for role, pin in sorted(entry.files.items())]
+        files = pinned
     else:
         files = remote_files(entry)
     target = models_dir() / name

@@ -399,3 +399,20 @@ def test_a_hub_listing_without_sha256_is_not_installed(tmp_path, monkeypatch):
         result = run_ipo("models", "pull", "tiny-vlm")
     assert result.returncode == 2 and "no valid sha256" in result.stderr
     assert not (catalogue.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf").exists()
+
+
+def test_a_pinned_model_in_the_hf_cache_needs_no_hub(tmp_path, monkeypatch):
+    entry = json.loads((Path(__file__).resolve().parent.parent / "models" / "smolvlm-500m.json").read_text())
+    for role, pin in entry["files"].items():
+        data = stand_in(entry["source"]["file" if role == "model" else role])
+        pin.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    hub_catalogue(tmp_path, monkeypatch, "http://127.0.0.1:9", entry)  # nothing listens there
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    snap = (tmp_path / "hf-cache" / "models--ggml-org--SmolVLM-500M-Instruct-GGUF" / "snapshots"
+            / entry["source"]["revision"])
+    snap.mkdir(parents=True)
+    for key in ("file", "mmproj"):
+        (snap / entry["source"][key]).write_bytes(stand_in(entry["source"][key]))
+    result = run_ipo("models", "pull", "smolvlm-500m")
+    assert result.returncode == 0, result.stderr
+    assert catalogue.Manifest().load()["smolvlm-500m"].files["mmproj"]["verified"] == "catalogue"
