@@ -8,4 +8,13 @@ __version__ = "0.1.0"
 
 from ipo_cli.errors import IpoError  # noqa: E402
 
-__all__ = ["IpoError", "__version__"]
+__all__ = ["Classifier", "IpoError", "Prediction", "__version__"]
+
+
+def __getattr__(name: str):
+    """`from ipo_cli import Classifier` without importing numpy or torch for `ipo --help`."""
+    if name in ("Classifier", "Prediction"):
+        from ipo_cli import classify
+
+        return getattr(classify, name)
+    raise AttributeError(name)

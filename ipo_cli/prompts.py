@@ -60,6 +60,11 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
             raise IpoError(f"{source} lists no prompts", "its 'prompts' must be a list of {\"template\": ...}")
         templates = _templates([e["template"] for e in entries], source)
         return _with_ensemble(templates, f"{data.get('name') or 'ipo'} ensemble")
+    if _is_cupl(data):
+        # CuPL's own files (github.com/sarahpratt/CuPL): {class name: [sentences]}, no
+        # dataset key and no placeholder: one per-class prompt set
+        return [Prompt(name=Path(str(source).split()[-1]).stem or "per-class",
+                       per_class={c: list(v) for c, v in data.items()})]
     prompts: list[Prompt] = []
     for name, value in data.items():
         if isinstance(value, list):
@@ -80,6 +85,13 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
                 f"{source} [{name}] is neither a list of templates nor a mapping of class to sentences"
             )
     return prompts
+
+
+def _is_cupl(data: dict) -> bool:
+    from ipo_cli.scoring import placeholder_count
+
+    return all(isinstance(v, list) and v and all(isinstance(t, str) and placeholder_count(t) == 0 for t in v)
+               for v in data.values())
 
 
 def _with_ensemble(templates: list[str], ensemble_name: str) -> list[Prompt]:

@@ -1,0 +1,121 @@
+"""Label new images with a prompt that `ipo optimize` found: the library behind
+`ipo classify`, usable on its own.
+
+    from ipo_cli import Classifier
+
+    clf = Classifier.from_files("runs/fashion/prompts.json", "classes.txt")   # CLIP loaded once
+    for p in clf.classify(["shoe.jpg", "bag.png"], top_k=3):                  # paths or PIL images
+        print(p.source, p.top[0])                                             # ("sandal", 0.81)
+
+Image embeddings of files are cached on disk as everywhere in ipo (by file content,
+model and preprocessing); PIL images are embedded directly. Probabilities are CLIP's
+softmax over the classes (logit scale times cosine similarity). An unreadable file is a
+prediction with `error` set, not an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipo_cli.errors import IpoError
+from ipo_cli.scoring import Prompt
+
+
+@dataclass
+class Prediction:
+    source: str  # the file path, or "<image N>" for a PIL image
+    top: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.source, "top": [{"class": c, "probability": p} for c, p in self.top],
+                "error": self.error}
+
+
+def choose_prompt(prompts: list[Prompt], ensemble: bool = False) -> Prompt:
+    """The prompt a file means: its first (for ipo's prompts.json, the best) or, with
+    `ensemble`, all its templates averaged; per-class prompts are used as they are."""
+    if not prompts:
+        raise IpoError("the prompts file holds no prompt")
+    per_class = [p for p in prompts if p.per_class is not None]
+    if per_class:
+        return per_class[0]
+    if ensemble:
+        templates = list(dict.fromkeys(t for p in prompts for t in p.templates))
+        return Prompt("ensemble of " + str(len(templates)), templates)
+    return prompts[0]
+
+
+class Classifier:
+    def __init__(self, prompt: Prompt, classnames: Sequence[str], clip: str = "ViT-B-16:openai",
+                 clip_weights: Path | str | None = None, device: str = "auto", cache_dir: Path | None = None):
+        from ipo_cli import cache, vision
+        from ipo_cli.scoring import class_embeddings
+
+        self.prompt = prompt
+        self.classnames = list(classnames)
+        if len(self.classnames) < 2:
+            raise IpoError("classifying needs at least two class names")
+        prompt.texts(self.classnames)  # per-class prompts must cover every class: say so now
+        self.clip = vision.load_clip(vision.parse_clip(clip, clip_weights), device)
+        self.store = cache.Store(cache.cache_root(cache_dir), "embeddings")
+        self.text = class_embeddings(self.clip, prompt, self.classnames)
+
+    @classmethod
+    def from_files(cls, prompts_file: Path | str, classes_file: Path | str, ensemble: bool = False,
+                   **kwargs) -> Classifier:
+        from ipo_cli.dataset import read_classes
+        from ipo_cli.prompts import read_prompts
+
+        prompt = choose_prompt(read_prompts(Path(prompts_file)), ensemble)
+        return cls(prompt, read_classes(Path(classes_file)), **kwargs)
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        logits = self.clip.logit_scale * (embeddings @ self.text.T).astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    def classify(self, images: Sequence[Any], top_k: int = 5, batch_size: int = 32,
+                 progress=None) -> list[Prediction]:
+        """Predictions in the order of `images` (file paths or PIL images)."""
+        top_k = max(1, min(top_k, len(self.classnames)))
+        out: list[Prediction] = [Prediction(self._name(i, x)) for i, x in enumerate(images)]
+        paths = [(i, Path(x)) for i, x in enumerate(images) if isinstance(x, (str, Path))]
+        pils = [(i, x) for i, x in enumerate(images) if not isinstance(x, (str, Path))]
+        rows: dict[int, np.ndarray] = {}
+        if paths:
+            emb, kept, failures = self.clip.embed_images([p for _, p in paths], store=self.store,
+                                                         batch_size=batch_size, progress=progress)
+            for row, k in enumerate(kept):
+                rows[paths[k][0]] = emb[row]
+            for failure in failures:
+                index = next(i for i, p in paths if p == failure.path)
+                out[index].error = failure.reason
+        if pils:
+            rows.update(zip([i for i, _ in pils], self._embed_pil([x for _, x in pils])))
+        if rows:
+            order = sorted(rows)
+            probs = self.probabilities(np.stack([rows[i] for i in order]))
+            for i, p in zip(order, probs):
+                best = np.argsort(-p, kind="stable")[:top_k]  # ties: the lower class index first, as argmax
+                out[i].top = [(self.classnames[c], float(p[c])) for c in best]
+        return out
+
+    def _embed_pil(self, images: list) -> list[np.ndarray]:
+        import torch
+
+        tensors = torch.stack([self.clip.preprocess(img.convert("RGB")) for img in images]).to(self.clip.device)
+        with torch.inference_mode(), self.clip._autocast():
+            feats = self.clip.model.encode_image(tensors)
+        feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+        return list(feats.astype(np.float16).astype(np.float32))  # the precision of cached embeddings
+
+    @staticmethod
+    def _name(i: int, x: Any) -> str:
+        return str(x) if isinstance(x, (str, Path)) else f"<image {i}>"
