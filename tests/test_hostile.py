@@ -541,3 +541,18 @@ def test_two_processes_share_one_cache(small, tmp_path, clip):
     assert [p.returncode for p in procs] == [0, 0], outs
     results = [json.loads(o)["results"][0]["metrics"]["acc1"] for o, _ in outs]
     assert results[0] == results[1] and cache_entries() == 6
+
+
+# ---- markup through the remaining commands ---------------------------------------------------
+def test_markup_in_cache_paths_classify_prompts_and_model_names(small, tmp_path, clip):
+    odd_cache = tmp_path / "cache [/] [bold]"
+    fine(run_ipo("cache", "info", "--cache-dir", odd_cache))
+    info = run_ipo("cache", "info", "--cache-dir", odd_cache)
+    assert "cache [/] [bold]" in info.stdout
+    fine(run_ipo("cache", "clear", "--cache-dir", odd_cache))
+    result = run_ipo("classify", small, "--prompts", prompts(tmp_path, ["[link=x]a {}[/link] [/]"]),
+                     "--classes", small / "classes.txt", *clip)
+    fine(result)
+    assert "[link=x]a {}[/link] [/]" in result.stdout
+    user_error(run_ipo("models", "path", "[bold]x[/bold]"), "[bold]x[/bold]")
+    user_error(run_ipo("models", "rm", "[/]"), "[/]")
