@@ -86,6 +86,7 @@ def eval_cmd(
 ) -> None:
     """Score prompt templates on labelled images: top-1, top-5, mean per-class recall."""
     from ipo_cli import cache, dataset as ds, evaluate, prompts as pr, vision
+    from ipo_cli.scoring import Prompt
 
     _check_out(out_file)
     if split_part not in ("train", "val", "test"):
@@ -105,19 +106,26 @@ def eval_cmd(
     baseline = baseline or "a photo of a {}."
     if shots:
         data = ds.few_shot(data, shots, seed)
-    spec = vision.parse_clip(clip, clip_weights)
-    with status(f"loading CLIP {spec.identity}"):
-        model = vision.load_clip(spec, device)
+    store = cache.Store(cache.cache_root(cache_dir), "embeddings")
+    # When the cache holds every embedding this evaluation needs, neither torch nor
+    # open_clip is imported and no model is loaded.
+    texts = [t for p in [*prompt_list, Prompt(baseline, [baseline])] for ts in p.texts(data.classnames) for t in ts]
+    model = vision.cached_clip(clip, clip_weights, store, data.paths, texts, device)
+    if model is None:
+        spec = vision.parse_clip(clip, clip_weights)
+        with status(f"loading CLIP {spec.identity}"):
+            model = vision.load_clip(spec, device)
+        model.remember(store)
     for line in evaluate.check_text_lengths(model, prompt_list, data.classnames, baseline, truncate_long):
         warn(line)
-    store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
         embedded = evaluate.embed_dataset(model, data, store, progress=advance, batch_size=batch_size)
     for path, reason in embedded.skipped:
         warn(f"skipped unreadable image {path}: {reason}")
     report = evaluate.evaluate(model, embedded, prompt_list, baseline=baseline, base_novel=base_novel, seed=seed)
     result = report.to_json()
-    result["cache"] = {"images_computed": model.stats["images_computed"], "images_cached": model.stats["images_cached"]}
+    result["cache"] = {"images_computed": model.stats["images_computed"], "images_cached": model.stats["images_cached"],
+                       "model_loaded": not getattr(model, "warm", False)}
     if out_file:
         _write_out(out_file, json.dumps(result, indent=2) + "\n")
     if as_json:

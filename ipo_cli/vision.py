@@ -126,6 +126,17 @@ class ClipModel:
             and getattr(model, "text_pool_type", "argmax") in ("argmax", "eos")
         )
         self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
+        self.warm = False
+        self.text_store: Store | None = None
+
+    def remember(self, store: Store) -> None:
+        """Keep text embeddings on disk too, and record what a warm command needs to use the
+        cache without loading this model (see CachedClip)."""
+        store.set_json(_card_key(self.identity, self.open_clip_version), {
+            "preprocess_id": self.preprocess_id, "open_clip_version": self.open_clip_version,
+            "precision": self.precision, "logit_scale": self.logit_scale, "embed_dim": self.embed_dim,
+            "context_length": int(getattr(self.model, "context_length", 77) or 77)})
+        self.text_store = store
 
     # ---- images -------------------------------------------------------------------
     def image_key(self, file_sha: str) -> str:
@@ -250,6 +261,9 @@ class ClipModel:
                 feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
             for text, row in zip(chunk, feats):
                 self._text_memo[text] = row
+                if self.text_store is not None:
+                    self.text_store.set_json(_text_key(self.identity, self.open_clip_version, text), {
+                        "embedding": row.tolist(), "tokens": self.token_count(text)})
             self.stats["texts_encoded"] += len(chunk)
         if not texts:
             return torch.zeros((0, 0)).numpy()
@@ -361,3 +375,135 @@ def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> 
             "connect to the internet once to download them, or pass --clip ARCH --clip-weights FILE",
         ) from None
     return ClipModel(spec, model, preprocess, tokenizer, device, precision)
+
+
+# ---- warm paths: everything from the cache, without torch or open_clip ------------------
+def open_clip_version() -> str:
+    """The installed open_clip's version, read without importing it (and torch)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("open_clip_torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def light_identity(model: str, weights: Path | str | None = None) -> str | None:
+    """The identity `parse_clip` would give, without open_clip: None when it cannot be told
+    (a bare architecture, a malformed name); the cold path then reports the problem."""
+    model = model.strip()
+    weights = Path(weights) if weights else None
+    if weights is not None and not weights.is_file():
+        return None
+    if model.startswith("hf-hub:"):
+        return model if model[len("hf-hub:"):].count("/") == 1 else None
+    if model.endswith(".json"):
+        config = Path(model)
+        if not config.is_file():
+            return None
+        if weights is not None:
+            return f"{config.stem}:sha256={sha256_file(weights)[:16]}"
+        try:
+            return f"{config.stem}:random-seed0:{key_of(config.read_text())[:16]}"
+        except (OSError, UnicodeDecodeError):
+            return None
+    arch, _, tag = model.partition(":")
+    if tag and weights is None:
+        return f"{arch}:{tag}"
+    if weights is not None and not tag:
+        return f"{arch}:sha256={sha256_file(weights)[:16]}"
+    return None
+
+
+def _card_key(identity: str, version: str) -> str:
+    return "card:" + key_of(identity, version)
+
+
+def _text_key(identity: str, version: str, text: str) -> str:
+    return "txt:" + key_of(identity, version, text)
+
+
+class CachedClip:
+    """Stands in for a loaded ClipModel when every embedding a command needs is on disk:
+    text embeddings (float32, exactly what the model gave), their token counts, and the
+    image embeddings under the keys the model wrote them with (its "card" records the
+    preprocessing, precision and logit scale)."""
+
+    def __init__(self, identity: str, card: dict, store: Store):
+        self.identity = identity
+        self.card = card
+        self.store = store
+        self.logit_scale = float(card["logit_scale"])
+        self.model = type("CachedModel", (), {"context_length": int(card["context_length"])})()
+        self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
+        self.warm = True
+
+    def image_key(self, file_sha: str) -> str:
+        extra = () if self.card["precision"] == "fp32" else (self.card["precision"],)
+        return "img:" + key_of(file_sha, self.identity, self.card["preprocess_id"], self.card["open_clip_version"],
+                               *extra)
+
+    def _text(self, text: str) -> dict | None:
+        return self.store.get_json(_text_key(self.identity, self.card["open_clip_version"], text))
+
+    def has_texts(self, texts: Sequence[str]) -> bool:
+        return all(self._text(t) is not None for t in dict.fromkeys(texts))
+
+    def encode_texts(self, texts: Sequence[str]):
+        import numpy as np
+
+        rows = []
+        for text in texts:
+            entry = self._text(text)
+            if entry is None:
+                raise IpoError(f"no cached text embedding for {text[:40]!r}")  # has_texts said otherwise: a race
+            rows.append(np.asarray(entry["embedding"], dtype=np.float32))
+        return np.stack(rows) if rows else np.zeros((0, int(self.card["embed_dim"])), np.float32)
+
+    def token_count(self, text: str) -> int:
+        entry = self._text(text)
+        return int(entry["tokens"]) if entry else 0
+
+    def embed_images(self, paths: Sequence[Path], store: Store | None = None, batch_size: int = 32,
+                     progress: Callable[[int], None] | None = None):
+        import numpy as np
+
+        rows = []
+        for path in paths:
+            rows.append(self.store.get_array(self.image_key(sha256_file(path))).astype(np.float32))
+            self.stats["images_cached"] += 1
+            if progress:
+                progress(1)
+        return np.stack(rows), list(range(len(paths))), []
+
+    def has_images(self, paths: Sequence[Path]) -> bool:
+        dim = int(self.card["embed_dim"])
+        for path in paths:
+            try:
+                cached = self.store.get_array(self.image_key(sha256_file(path)))
+            except OSError:
+                return False
+            if cached is None or cached.shape != (dim,):
+                return False
+        return True
+
+
+def cached_clip(model: str, weights: Path | str | None, store: Store, paths: Sequence[Path],
+                texts: Sequence[str], device: str = "auto") -> CachedClip | None:
+    """A CachedClip when the cache holds everything for these images and texts, else None
+    (the caller loads CLIP). `--device cuda` always loads the model."""
+    if device not in ("auto", "cpu"):
+        return None
+    identity = light_identity(model, weights)
+    if identity is None:
+        return None
+    version = open_clip_version()
+    card = store.get_json(_card_key(identity, version))
+    if not isinstance(card, dict) or card.get("open_clip_version") != version:
+        return None
+    if device == "cpu" and card.get("precision") != "fp32":
+        return None
+    warm = CachedClip(identity, card, store)
+    if not warm.has_texts(texts) or not warm.has_images(paths):
+        return None
+    return warm

@@ -1,6 +1,7 @@
 """`ipo eval` as a user runs it: a subprocess over real images and a real open_clip model."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_eval_table_json_and_out_file(tmp_path, fashion_test, tiny_config, tiny_
                     *clip_args(tiny_config, tiny_checkpoint), "--json")
     assert again.returncode == 0, again.stderr
     warm = json.loads(again.stdout)
-    assert warm["cache"] == {"images_computed": 0, "images_cached": 80}
+    assert warm["cache"] == {"images_computed": 0, "images_cached": 80, "model_loaded": False}
     assert [r["metrics"] for r in warm["results"]] == [r["metrics"] for r in data["results"]]
 
 
@@ -157,8 +158,37 @@ def test_cache_info_and_clear(tmp_path, fashion_test, tiny_config, tiny_checkpoi
                    *clip_args(tiny_config, tiny_checkpoint), "--cache-dir", cache_dir).returncode == 0
     info = json.loads(run_ipo("cache", "info", "--cache-dir", cache_dir, "--json").stdout)
     stores = {s["name"]: s for s in info["stores"]}
-    assert stores["embeddings"]["entries"] == 80 and info["root"] == str(cache_dir)
+    # 80 image embeddings, 10 text embeddings (one per class), the model's card
+    assert stores["embeddings"]["entries"] == 91 and info["root"] == str(cache_dir)
     cleared = run_ipo("cache", "clear", "--cache-dir", cache_dir)
-    assert "removed 80" in cleared.stdout
+    assert "removed 91" in cleared.stdout
     info = json.loads(run_ipo("cache", "info", "--cache-dir", cache_dir, "--json").stdout)
     assert {s["name"]: s["entries"] for s in info["stores"]}["embeddings"] == 0
+
+
+def test_a_warm_eval_needs_neither_torch_nor_open_clip(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
+    """Every embedding cached: the command runs with torch and open_clip made unimportable."""
+    import subprocess
+    import sys
+
+    from conftest import run_ipo
+
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(["a photo of a {}.", "a {} on a plain background."]))
+    args = ["eval", str(prompts), "--images", str(fashion_train), "--classes", str(fashion_train / "classes.txt"),
+            "--clip", str(tiny_config), "--clip-weights", str(tiny_checkpoint), "--json"]
+    cold = run_ipo(*args)
+    assert cold.returncode == 0, cold.stderr
+    assert json.loads(cold.stdout)["cache"]["model_loaded"] is True
+    guard = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
+             "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
+    warm = subprocess.run([sys.executable, "-c", guard, *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert warm.returncode == 0, warm.stderr
+    cold_json, warm_json = json.loads(cold.stdout), json.loads(warm.stdout)
+    assert warm_json["cache"] == {"images_computed": 0, "images_cached": 60, "model_loaded": False}
+    assert [r["metrics"] for r in warm_json["results"]] == [r["metrics"] for r in cold_json["results"]]
+    # a text never encoded before needs the model again, and gets it
+    prompts.write_text(json.dumps(["a new prompt about a {}."]))
+    again = run_ipo(*args)
+    assert again.returncode == 0 and json.loads(again.stdout)["cache"]["model_loaded"] is True
