@@ -337,14 +337,19 @@ def test_a_stored_login_token_is_used(tmp_path, monkeypatch):
     assert result.returncode == 0, result.stderr
 
 
+def hf_snapshot(tmp_path, entry) -> Path:
+    """The folder `hf download` fills: HF_HUB_CACHE/models--ORG--NAME/snapshots/REVISION/."""
+    snap = (tmp_path / "hf-cache" / ("models--" + entry["source"]["repo"].replace("/", "--")) / "snapshots"
+            / entry["source"]["revision"])
+    snap.mkdir(parents=True)
+    return snap
+
+
 def test_a_file_in_the_hugging_face_cache_is_used_in_place(tmp_path, monkeypatch):
     with real_hub() as hub:
         entries = stand_in_catalogue(tmp_path, monkeypatch, hub.url)
         entry = entries["smolvlm-500m"]
-        # the layout `hf download` leaves: models--ORG--NAME/snapshots/REVISION/FILE
-        snap = (tmp_path / "hf-cache" / ("models--" + entry["source"]["repo"].replace("/", "--")) / "snapshots"
-                / entry["source"]["revision"])
-        snap.mkdir(parents=True)
+        snap = hf_snapshot(tmp_path, entry)
         for key in ("file", "mmproj"):
             (snap / entry["source"][key]).write_bytes(stand_in(entry["source"][key]))
         result = run_ipo("models", "pull", "smolvlm-500m")
@@ -361,9 +366,7 @@ def test_a_corrupt_hugging_face_cache_copy_is_refused(tmp_path, monkeypatch):
     with real_hub() as hub:
         entries = stand_in_catalogue(tmp_path, monkeypatch, hub.url)
         entry = entries["qwen2.5-1.5b"]
-        snap = (tmp_path / "hf-cache" / ("models--" + entry["source"]["repo"].replace("/", "--")) / "snapshots"
-                / entry["source"]["revision"])
-        snap.mkdir(parents=True)
+        snap = hf_snapshot(tmp_path, entry)
         data = bytearray(stand_in(entry["source"]["file"]))
         data[-1] ^= 1
         (snap / entry["source"]["file"]).write_bytes(bytes(data))
@@ -408,9 +411,7 @@ def test_a_pinned_model_in_the_hf_cache_needs_no_hub(tmp_path, monkeypatch):
         pin.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
     hub_catalogue(tmp_path, monkeypatch, "http://127.0.0.1:9", entry)  # nothing listens there
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    snap = (tmp_path / "hf-cache" / "models--ggml-org--SmolVLM-500M-Instruct-GGUF" / "snapshots"
-            / entry["source"]["revision"])
-    snap.mkdir(parents=True)
+    snap = hf_snapshot(tmp_path, entry)
     for key in ("file", "mmproj"):
         (snap / entry["source"][key]).write_bytes(stand_in(entry["source"][key]))
     result = run_ipo("models", "pull", "smolvlm-500m")
