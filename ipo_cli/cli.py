@@ -83,26 +83,34 @@ def eval_cmd(
     as_json: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.")] = None,
     truncate_long: Annotated[bool, typer.Option("--truncate-long", help="Score prompts longer than CLIP's 77 tokens cut to fit (with a warning) instead of refusing them.")] = False,
+    out_format: Annotated[str, typer.Option("--format", help="What --out holds: ipo (every prompt) or clip_benchmark (the first prompt, in CLIP_benchmark's result JSON).")] = "ipo",
 ) -> None:
-    """Score prompt templates on labelled images: top-1, top-5, mean per-class recall."""
+    """Score prompt templates on labelled images: top-1, top-5, mean per-class recall.
+
+    With --dataset NAME --data-root DIR the images are a CoOp dataset; with --dataset KEY
+    --images DIR, KEY picks one dataset of a CLIP_benchmark template or classnames file."""
     from ipo_cli import cache, dataset as ds, evaluate, prompts as pr, vision
     from ipo_cli.scoring import Prompt
 
     _check_out(out_file)
     if split_part not in ("train", "val", "test"):
         raise IpoError(f"--split-part must be train, val or test, not {split_part!r}")
-    prompt_list = pr.read_prompts(prompts)
-    if dataset:
+    if out_format not in ("ipo", "clip_benchmark"):
+        raise IpoError(f"--format must be ipo or clip_benchmark, not {out_format!r}")
+    if dataset and images is None:
         from ipo_cli import presets
 
-        if images or split or classes:
-            raise IpoError("--dataset says where the images are; leave out --images, --split and --classes")
+        if split or classes:
+            raise IpoError("--dataset with --data-root says where the images are; leave out --split and --classes")
+        preset = presets.get(dataset)
+        prompt_list = pr.read_prompts(prompts, presets.CLIP_BENCHMARK_KEYS.get(preset.name, preset.name))
         data = presets.load(dataset, data_root, split_part)
-        baseline = baseline or presets.get(dataset).template
+        baseline = baseline or preset.template
     elif images is None:
         raise IpoError("missing --images", "pass --images DIR, or --dataset NAME --data-root DIR")
     else:
-        data = ds.load_dataset(images, classes, split, split_part, allow_outside_root)
+        prompt_list = pr.read_prompts(prompts, dataset)
+        data = ds.load_dataset(images, classes, split, split_part, allow_outside_root, classes_key=dataset)
     baseline = baseline or "a photo of a {}."
     if shots:
         data = ds.few_shot(data, shots, seed)
@@ -127,7 +135,11 @@ def eval_cmd(
     result["cache"] = {"images_computed": model.stats["images_computed"], "images_cached": model.stats["images_cached"],
                        "model_loaded": not getattr(model, "warm", False)}
     if out_file:
-        _write_out(out_file, json.dumps(result, indent=2) + "\n")
+        if out_format == "clip_benchmark":
+            name = dataset or (images.resolve().name if images else "dataset")
+            _write_out(out_file, json.dumps(evaluate.to_clip_benchmark(report, name, model.identity)) + "\n")
+        else:
+            _write_out(out_file, json.dumps(result, indent=2) + "\n")
     if as_json:
         print(json.dumps(result))
     else:
@@ -142,6 +154,9 @@ def _render_eval(report) -> None:
     from rich.table import Table
 
     table = Table(title=f"{report.n_images} images, {len(report.classnames)} classes, CLIP {report.clip}")
+    with_dataset = any(row.dataset for row in report.rows)
+    if with_dataset:
+        table.add_column("dataset")
     table.add_column("prompt", overflow="fold", max_width=60)
     table.add_column("kind")
     for col in ("top-1", "top-5", "mean recall"):
@@ -151,7 +166,8 @@ def _render_eval(report) -> None:
             table.add_column(col, justify="right")
     table.add_column("Δ vs baseline [95% CI]" + (" (H)" if report.base_novel else " (top-1)"), justify="right")
     for row in report.rows:
-        cells = [row.name, row.kind, f"{row.acc1:.2f}", f"{row.acc5:.2f}", f"{row.mean_per_class_recall:.2f}"]
+        cells = ([row.dataset or ""] if with_dataset else []) + \
+            [row.name, row.kind, f"{row.acc1:.2f}", f"{row.acc5:.2f}", f"{row.mean_per_class_recall:.2f}"]
         if report.base_novel:
             cells += [f"{row.base:.2f}", f"{row.novel:.2f}", f"{row.hm:.2f}"]
         if row.delta is None:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipo_cli.errors import IpoError
+from ipo_cli.errors import IpoError, close_matches
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
@@ -89,14 +89,21 @@ def read_text(path: Path, what: str) -> str:
         raise IpoError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
 
 
-def read_classes(path: Path) -> list[str]:
-    """One class per line; blank lines and `#` comments are ignored."""
+def read_classes(path: Path, key: str | None = None) -> list[str]:
+    """One class per line; blank lines and `#` comments are ignored. A JSON file is read as
+    CLIP_benchmark's classnames file, `{dataset: [names]}` (its en_classnames.json), and
+    `key` (`--dataset`) picks the dataset; a file with one dataset needs no key."""
     path = Path(path)
     if not path.is_file():
         raise IpoError(f"classes file {path} does not exist", "pass a text file with one class name per line")
+    text = read_text(path, "classes file")
+    if path.suffix.lower() == ".json":
+        lines = _classnames_json(path, text, key)
+    else:
+        lines = text.splitlines()
     names: list[str] = []
     seen: dict[str, str] = {}
-    for line in read_text(path, "classes file").splitlines():
+    for line in lines:
         name = line.split("#", 1)[0].strip()
         if not name:
             continue
@@ -110,6 +117,30 @@ def read_classes(path: Path) -> list[str]:
         names.append(name)
     if not names:
         raise IpoError(f"classes file {path} names no class", "write one class name per line")
+    return names
+
+
+def _classnames_json(path: Path, text: str, key: str | None) -> list[str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IpoError(f"classes file {path} is not valid JSON: {exc}") from None
+    if isinstance(data, list):
+        data = {"": data}
+    if not isinstance(data, dict) or not data:
+        raise IpoError(f"classes file {path} is not {{dataset: [class names]}}")
+    if key is None:
+        if len(data) > 1:
+            raise IpoError(f"classes file {path} holds {len(data)} datasets",
+                           f"pass --dataset with one of: {', '.join(list(data)[:10])}")
+        key = next(iter(data))
+    lookup = {k.lower(): k for k in data}
+    if key.lower() not in lookup:
+        raise IpoError(f"classes file {path} has no dataset {key!r}" + close_matches(key, list(data)),
+                       f"choose one of: {', '.join(list(data)[:10])}")
+    names = data[lookup[key.lower()]]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise IpoError(f"classes file {path} [{key}] must be a list of class names")
     return names
 
 
@@ -279,6 +310,7 @@ def load_dataset(
     split_file: Path | None = None,
     split_part: str = "train",
     allow_outside_root: bool = False,
+    classes_key: str | None = None,
 ) -> Dataset:
     """The one entry point the commands use: a split file if given, else a class folder."""
     images = Path(images)
@@ -287,14 +319,14 @@ def load_dataset(
             raise IpoError(f"images folder {images} does not exist")
         dataset = load_split(split_file, images, split_part, allow_outside_root)
         if classes_file is not None:
-            given = [normalize_name(n) for n in read_classes(classes_file)]
+            given = [normalize_name(n) for n in read_classes(classes_file, classes_key)]
             if given != [normalize_name(n) for n in dataset.classnames]:
                 raise IpoError(
                     f"classes file {classes_file} does not list the split file's classes in label order",
                     "leave out --classes with --split; the split file names its classes",
                 )
         return dataset
-    classnames = read_classes(classes_file) if classes_file is not None else None
+    classnames = read_classes(classes_file, classes_key) if classes_file is not None else None
     return load_folder(images, classnames)
 
 

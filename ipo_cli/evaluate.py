@@ -74,6 +74,7 @@ class EvalRow:
     base: float | None = None
     novel: float | None = None
     hm: float | None = None
+    dataset: str | None = None  # the dataset key of a multi-dataset template file
 
 
 @dataclass
@@ -106,6 +107,8 @@ class EvalReport:
                     d.pop(k)
                 else:
                     metrics[k] = d.pop(k)
+            if d["dataset"] is None:
+                d.pop("dataset")
             d["metrics"] = metrics
             d["per_class"] = dict(zip(self.classnames, row.per_class))
             out["results"].append(d)
@@ -140,7 +143,8 @@ def evaluate(
     rows = []
     ref = scores[-1]
     for i, ((prompt, kind), score) in enumerate(zip(all_prompts, scores)):
-        row = EvalRow(prompt.name, kind, score.acc1, score.acc5, score.mean_per_class_recall, score.loss, score.per_class)
+        row = EvalRow(prompt.name, kind, score.acc1, score.acc5, score.mean_per_class_recall, score.loss, score.per_class,
+                      dataset=prompt.dataset)
         if base_novel:
             b, n = split_scores[i]
             row.base, row.novel, row.hm = b.acc1, n.acc1, harmonic_mean(b.acc1, n.acc1)
@@ -179,3 +183,19 @@ def check_text_lengths(clip, prompts: list[Prompt], classnames: list[str], basel
                                f"{limit} CLIP reads: {shown!r}", "shorten it, or pass --truncate-long to cut it")
             warnings.append(f"prompt {prompt.name[:60]!r} is cut at {limit} of its {longest} CLIP tokens")
     return warnings
+
+
+def to_clip_benchmark(report: EvalReport, dataset: str, clip_identity: str) -> dict:
+    """The first scored prompt's result in CLIP_benchmark's own JSON (clip_benchmark/cli.py
+    `dump`: dataset, model, pretrained, task, metrics, language), metrics as fractions and
+    acc5 NaN below 5 classes as its zeroshot_classification.py does, so that
+    `clip_benchmark build` reads it; `templates` records the prompt."""
+    row = next((r for r in report.rows if r.kind != "baseline"), report.rows[0])
+    model, _, pretrained = clip_identity.partition(":")
+    few = len(report.classnames) < 5
+    return {
+        "dataset": dataset, "model": model, "pretrained": pretrained or "none", "task": "zeroshot_classification",
+        "metrics": {"acc1": row.acc1 / 100, "acc5": float("nan") if few else row.acc5 / 100,
+                    "mean_per_class_recall": row.mean_per_class_recall / 100},
+        "language": "en", "templates": [row.name],
+    }

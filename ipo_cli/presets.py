@@ -66,6 +66,11 @@ PRESETS = {p.name: p for p in (
            "renditions (art, cartoons) of everyday objects and animals", test_only=True),
 )}
 BASE_TO_NOVEL = [n for n, p in PRESETS.items() if not p.test_only]
+# The same datasets' keys in CLIP_benchmark's template and classnames files
+# (clip_benchmark/datasets/en_zeroshot_classification_templates.json, en_classnames.json).
+CLIP_BENCHMARK_KEYS = {"ImageNet": "imagenet1k", "Caltech101": "caltech101", "OxfordPets": "pets",
+                       "StanfordCars": "cars", "Flowers102": "flowers", "Food101": "food101",
+                       "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397", "DTD": "dtd", "EuroSAT": "eurosat"}
 
 
 def get(name: str) -> Preset:

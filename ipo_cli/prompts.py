@@ -42,6 +42,21 @@ def _templates(items: Any, where: str) -> list[str]:
     return [check_template(t, f" in {where}") for t in items]
 
 
+def select_dataset(data: Any, key: str | None, source: str) -> Any:
+    """A CLIP_benchmark file holds many datasets (its en_zeroshot_classification_templates.json
+    has 33): `key` (`--dataset`) picks one; other files pass through."""
+    if key is None or not isinstance(data, dict) or str(data.get("schema", "")).startswith("ipo.prompts/") \
+            or not all(isinstance(v, (list, dict)) for v in data.values()) or _is_cupl(data):
+        return data
+    lookup = {k.lower(): k for k in data}
+    if key.lower() not in lookup:
+        from ipo_cli.errors import close_matches
+
+        raise IpoError(f"{source} has no dataset {key!r}" + close_matches(key, list(data)),
+                       f"choose one of: {', '.join(list(data)[:12])}")
+    return {lookup[key.lower()]: data[lookup[key.lower()]]}
+
+
 def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
     """The prompts to evaluate: one per template, and one per ensemble or per-class set."""
     if isinstance(data, list):
@@ -68,7 +83,10 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
     prompts: list[Prompt] = []
     for name, value in data.items():
         if isinstance(value, list):
-            prompts.extend(_with_ensemble(_templates(value, f"{source} [{name}]"), name))
+            rows = _with_ensemble(_templates(value, f"{source} [{name}]"), name)
+            for row in rows:
+                row.dataset = name  # every row says which dataset of the file it is
+            prompts.extend(rows)
         elif isinstance(value, dict):
             per_class: dict[str, list[str]] = {}
             for classname, sentences in value.items():
@@ -79,7 +97,7 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
                 per_class[classname] = sentences
             if not per_class:
                 raise IpoError(f"{source} [{name}] has no classes")
-            prompts.append(Prompt(name=name, per_class=per_class))
+            prompts.append(Prompt(name=name, per_class=per_class, dataset=name))
         else:
             raise IpoError(
                 f"{source} [{name}] is neither a list of templates nor a mapping of class to sentences"
@@ -101,7 +119,7 @@ def _with_ensemble(templates: list[str], ensemble_name: str) -> list[Prompt]:
     return rows
 
 
-def read_prompts(path: Path) -> list[Prompt]:
+def read_prompts(path: Path, dataset: str | None = None) -> list[Prompt]:
     path = Path(path)
     if not path.is_file():
         raise IpoError(f"prompts file {path} does not exist")
@@ -109,7 +127,8 @@ def read_prompts(path: Path) -> list[Prompt]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise IpoError(f"prompts file {path} is not valid JSON: {exc}") from None
-    return parse_prompts(data, f"prompts file {path}")
+    source = f"prompts file {path}"
+    return parse_prompts(select_dataset(data, dataset, source), source)
 
 
 def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:

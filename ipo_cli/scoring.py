@@ -47,6 +47,7 @@ class Prompt:
     name: str
     templates: list[str] = field(default_factory=list)  # ensemble if more than one
     per_class: dict[str, list[str]] | None = None  # CuPL: class name -> sentences
+    dataset: str | None = None  # the dataset key of a CLIP_benchmark file it came from
 
     @property
     def kind(self) -> str:

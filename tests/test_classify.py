@@ -82,3 +82,55 @@ def test_cupl_files_are_per_class_prompts(tmp_path, fashion_train, tiny_config, 
     assert json.loads(result.stdout)["results"][0]["kind"] == "per-class"
     # a CLIP_benchmark template file is still read as templates
     assert parse_prompts({"cifar10": ["a photo of a {c}."]})[0].kind == "template"
+
+
+def test_clip_benchmark_files_and_result_format(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
+    """Template and classnames files shaped like CLIP_benchmark's (many datasets per file),
+    and its result JSON, read back the way `clip_benchmark build` reads it (cli.py
+    main_build: metrics merged into the row, model_fullname = model + ' ' + pretrained)."""
+    clip = ["--clip", tiny_config, "--clip-weights", tiny_checkpoint]
+    templates, names = DATA / "clip_benchmark_templates.json", DATA / "clip_benchmark_classnames.json"
+    base = ["eval", templates, "--images", fashion_train, *clip, "--json"]
+    picked = run_ipo(*base, "--classes", names, "--dataset", "fashion")
+    assert picked.returncode == 0, picked.stderr
+    rows = json.loads(picked.stdout)["results"]
+    assert {r.get("dataset") for r in rows if r["kind"] != "baseline"} == {"fashion"} and len(rows) == 3 + 1 + 1
+    everything = run_ipo(*base, "--classes", fashion_train / "classes.txt")
+    assert everything.returncode == 0, everything.stderr
+    labelled = {r.get("dataset") for r in json.loads(everything.stdout)["results"] if r["kind"] != "baseline"}
+    assert labelled == {"cifar10", "dtd", "eurosat", "pets", "fashion"}
+    unpicked = run_ipo(*base, "--classes", names)
+    assert unpicked.returncode == 2 and "holds 2 datasets" in unpicked.stderr and "cifar10" in unpicked.stderr
+    out = tmp_path / "result.json"
+    written = run_ipo(*base, "--classes", names, "--dataset", "fashion", "--format", "clip_benchmark", "--out", out)
+    assert written.returncode == 0, written.stderr
+    data = json.load(out.open())
+    assert set(data) >= {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert data["task"] == "zeroshot_classification" and data["dataset"] == "fashion"
+    row = dict(data["metrics"])
+    row.update(data)
+    del row["metrics"]
+    row["model_fullname"] = row["model"] + " " + row["pretrained"]
+    assert 0 <= row["acc1"] <= 1 and 0 <= row["acc5"] <= 1 and 0 <= row["mean_per_class_recall"] <= 1
+    assert abs(row["acc1"] * 100 - json.loads(picked.stdout)["results"][0]["metrics"]["acc1"]) < 1e-9
+
+
+def test_acc5_is_nan_below_five_classes_in_clip_benchmark_format(tmp_path, fashion_train, tiny_config,
+                                                                  tiny_checkpoint):
+    import math
+
+    three = tmp_path / "classes3.txt"
+    three.write_text("t-shirt\ntrouser\npullover\n")
+    root = tmp_path / "imgs"
+    for name in ("t-shirt", "trouser", "pullover"):
+        src = fashion_train / name
+        (root / name).mkdir(parents=True)
+        for f in sorted(src.iterdir())[:2]:
+            (root / name / f.name).write_bytes(f.read_bytes())
+    prompts = tmp_path / "p.json"
+    prompts.write_text(json.dumps(["a photo of a {}."]))
+    out = tmp_path / "r.json"
+    result = run_ipo("eval", prompts, "--images", root, "--classes", three, "--clip", tiny_config, "--clip-weights",
+                     tiny_checkpoint, "--format", "clip_benchmark", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert math.isnan(json.load(out.open())["metrics"]["acc5"])
