@@ -179,6 +179,52 @@ def _render_eval(report) -> None:
     out.print(table)
 
 
+# ---- ipo report -------------------------------------------------------------------
+@app.command("report")
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder of ipo optimize.")],
+    device: DeviceOpt = "auto",
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why the prompt works: the search, per-class changes, word attribution, top prompts, images."""
+    from ipo_cli import insight
+
+    with status("scoring the run's prompts on its cached embeddings"):
+        report = insight.build(run, cache_dir, device)
+    written = insight.write(report, run / "report")
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    from rich.table import Table
+
+    b, base = report.best, report.baseline
+    out.print(Text.assemble(("final prompt: ", "bold"), b["template"],
+                            f"  (accuracy {b['accuracy']:.2f}, loss {b['loss']:.4f}; baseline {base['accuracy']:.2f}, "
+                            f"{base['loss']:.4f}; {len(report.steps) - 1} steps, {len(report.candidates) - 1} scored prompts)"))
+    words = Table(title="which words matter (dropped one at a time)")
+    for col in ("dropped", "kind", "loss change (> 0: it helps)", "accuracy change"):
+        words.add_column(col)
+    for a in report.attribution:
+        words.add_row(a.unit, a.kind, f"{a.loss_change:+.4f}", f"{a.accuracy_change:+.2f}")
+    out.print(words)
+    classes = Table(title="per class: final minus baseline training accuracy")
+    classes.add_column("class")
+    classes.add_column("change", justify="right")
+    for name, delta in report.per_class_delta:
+        classes.add_row(name, Text(f"{delta:+.1f}", style="green" if delta > 0 else "red" if delta < 0 else ""))
+    out.print(classes)
+    top = Table(title="top distinct prompts")
+    for col in ("prompt", "accuracy", "loss"):
+        top.add_column(col)
+    for p in report.top_prompts:
+        top.add_row(p["template"], f"{p['accuracy']:.2f}", f"{p['loss']:.4f}")
+    top.add_row(f"ensemble of these {len(report.ensemble['templates'])}", f"{report.ensemble['accuracy']:.2f}",
+                f"{report.ensemble['loss']:.4f}")
+    out.print(top)
+    out.print(f"report written: {written[0]}")
+
+
 # ---- ipo classify -----------------------------------------------------------------
 @app.command("classify")
 def classify_cmd(

@@ -384,6 +384,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     train_set, val_set = sets
 
     descriptions: list[str] = []
+    described_images: list[dict] = []
     lmm_identity = "none"
     if use_lmm:
         with reporter.status("loading the multimodal model"):
@@ -401,6 +402,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         for path, reason in captions.failed:
             reporter.warn(f"no description for {path}: {reason}")
         descriptions = [c.caption for c in captions.captions]
+        described_images = [{"path": c.path, "description": c.caption} for c in captions.captions]
 
     with reporter.status("loading the LLM"):
         llm = load_llm(plan["llm"] if not request.llm_url else None, request.llm_url, request.llm_model,
@@ -416,6 +418,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         "train_classnames": train_set.dataset.classnames,
         "split": {name: [[str(p), int(l)] for p, l in zip(s.dataset.paths, s.labels)]
                   for name, s in (("train", train_set), ("val", val_set)) if s is not None},
+        "descriptions": described_images,  # what the LLM was shown, per image (ipo report)
     }
     if resume:
         diffs = compare_settings(saved.get("models", {}), models)
@@ -439,6 +442,13 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     name = Path(request.images).resolve().name
     report.write_outputs(folder, result, name, clip.identity, request.select,
                          {"run": str(folder.path), "models": models, "seed": request.seed})
+    if not result.interrupted:
+        from ipo_cli import insight
+
+        try:  # the interpretability report: plots and HTML under RUN/report/
+            insight.write(insight.build(folder.path, clip=clip, train=train_set), folder.path / "report")
+        except (IpoError, OSError, ValueError) as exc:
+            reporter.warn(f"the report could not be written: {exc}")
     summary = summarize(result, folder, models, time.perf_counter() - started)
     summary["plan"] = plan
     if request.base_novel and not result.interrupted:

@@ -1,0 +1,345 @@
+"""`ipo report RUN`: why the prompt works, from a finished run folder.
+
+Written to RUN/report/: `report.html` (one self-contained file: plots inline as PNG,
+thumbnails inline, no network needed) and the plots as PNG files, made with matplotlib:
+
+- the search: accuracy and loss of every scored candidate per step, the best so far and
+  the baseline; with --base-novel, the held-out base / novel / H of the final prompt and
+  the baseline;
+- per class: the final prompt's training accuracy minus the baseline's, sorted, and the
+  confusions (true -> predicted) whose counts changed most;
+- word attribution: each word of the final prompt (and each phrase between punctuation)
+  dropped in turn and the prompt re-scored on the cached training embeddings; the change
+  in loss and accuracy says what each word carries;
+- the top distinct prompts, and their ensemble scored as one prompt;
+- the training images with the descriptions the LLM received.
+
+Image embeddings come from the cache (nothing the cache holds is recomputed); CLIP is
+loaded only to encode the few new texts the attribution needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipo_cli.errors import IpoError
+from ipo_cli.meta_prompt import PLACEHOLDER
+
+TOP_PROMPTS = 5
+
+
+@dataclass
+class Attribution:
+    unit: str  # the word or phrase dropped
+    kind: str  # word | phrase
+    variant: str  # the prompt without it
+    loss_change: float  # loss without it minus loss with it: > 0 means the unit helps
+    accuracy_change: float  # accuracy with it minus without it: > 0 means the unit helps
+
+
+@dataclass
+class Report:
+    run: str
+    steps: list[dict]
+    candidates: list[dict]  # scored candidates, baseline included
+    best: dict
+    baseline: dict
+    classnames: list[str]
+    per_class_delta: list[tuple[str, float]]  # (class, final - baseline accuracy), sorted
+    confusions: list[dict]  # {true, predicted, baseline, final}
+    attribution: list[Attribution]
+    top_prompts: list[dict]  # {template, accuracy, loss}
+    ensemble: dict  # {templates, accuracy, loss}
+    base_novel: dict | None
+    images: list[dict] = field(default_factory=list)  # {path, description}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run": self.run, "best": _brief(self.best), "baseline": _brief(self.baseline),
+            "steps": len(self.steps) - 1, "candidates": len(self.candidates) - 1,
+            "per_class_delta": [{"class": c, "delta": d} for c, d in self.per_class_delta],
+            "confusions": self.confusions,
+            "attribution": [a.__dict__ for a in self.attribution],
+            "top_prompts": self.top_prompts, "ensemble": self.ensemble, "base_novel": self.base_novel,
+            "images": self.images,
+        }
+
+
+def _brief(record: dict) -> dict:
+    return {"template": record["template"], "accuracy": record["accuracy"], "loss": record["loss"], "step": record["step"]}
+
+
+# ---- word attribution ---------------------------------------------------------------------
+def variants(template: str) -> list[tuple[str, str, str]]:
+    """(unit, kind, template without it) for each word and each phrase between punctuation;
+    the class placeholder is never dropped."""
+    out: list[tuple[str, str, str]] = []
+    words = template.split()
+    for i, word in enumerate(words):
+        if PLACEHOLDER in word:
+            continue
+        rest = " ".join(words[:i] + words[i + 1:])
+        out.append((word, "word", rest))
+    pieces = re.split(r"(?<=[,;:.!?])\s+", template.strip())
+    if len(pieces) > 1:
+        for i, piece in enumerate(pieces):
+            if PLACEHOLDER in piece:
+                continue
+            out.append((piece, "phrase", " ".join(pieces[:i] + pieces[i + 1:])))
+    seen, unique = set(), []
+    for unit in out:
+        if unit[2] and unit[2] not in seen and PLACEHOLDER in unit[2]:
+            seen.add(unit[2])
+            unique.append(unit)
+    return unique
+
+
+def attribute(template: str, score: Callable[[str], tuple[float, float]]) -> list[Attribution]:
+    """`score(template)` -> (accuracy, loss). Sorted by how much each unit lowers the loss."""
+    acc, loss = score(template)
+    rows = []
+    for unit, kind, variant in variants(template):
+        v_acc, v_loss = score(variant)
+        rows.append(Attribution(unit, kind, variant, v_loss - loss, acc - v_acc))
+    return sorted(rows, key=lambda a: -a.loss_change)
+
+
+# ---- building the report ------------------------------------------------------------------
+def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=None, train=None) -> Report:
+    """Everything the report shows. `clip` and `train` (an EmbeddedSet) may be passed by a
+    caller that has them loaded (the end of `ipo optimize`)."""
+    from ipo_cli import cache, evaluate, vision
+    from ipo_cli.dataset import Dataset, ImageItem
+    from ipo_cli.optimizer import rank_key
+    from ipo_cli.runs import RunFolder
+    from ipo_cli.scoring import Prompt, score_embeddings, score_prompt
+
+    folder, config = RunFolder.open(Path(run))
+    records = folder.records()
+    steps = [r for r in records if r.get("type") == "step"]
+    scored = [r for r in records if r.get("type") == "candidate" and r.get("valid")]
+    finished = {s["step"] for s in steps}
+    scored = [r for r in scored if r["step"] in finished]
+    if not scored:
+        raise IpoError(f"{run} has no scored prompt yet", "run or resume the optimisation first")
+    baseline = next(r for r in scored if r["step"] == 0)
+    best = min(scored, key=lambda r: rank_key(r, "train"))
+    classnames = list(config.get("train_classnames") or config.get("classnames") or [])
+    request = config.get("request", {})
+
+    if train is None:
+        split = (config.get("split") or {}).get("train") or []
+        items = [ImageItem(Path(p), int(label)) for p, label in split if Path(p).is_file()]
+        if not items:
+            raise IpoError(f"the training images of {run} are gone", "the report needs them (their embeddings)")
+        data = Dataset(classnames, items)
+        store = cache.Store(cache.cache_root(cache_dir), "embeddings")
+        if clip is None:
+            spec = vision.parse_clip(request.get("clip") or vision.DEFAULT_CLIP, request.get("clip_weights"))
+            clip = vision.load_clip(spec, device)
+            clip.remember(store)
+        train = evaluate.embed_dataset(clip, data, store)
+
+    def score(template: str) -> tuple[float, float]:
+        s = score_prompt(clip, Prompt(template, [template]), classnames, train.embeddings, train.labels)
+        return s.acc1, s.loss
+
+    per_class = [(c, b - a) for c, a, b in zip(classnames, baseline["per_class"], best["per_class"])]
+    per_class.sort(key=lambda x: x[1])
+
+    def predictions(template: str) -> np.ndarray:
+        text = clip.encode_texts([template.replace(PLACEHOLDER, c) for c in classnames])
+        return np.argmax(train.embeddings @ text.T, axis=1)
+
+    labels = np.asarray(train.labels)
+    pred_base, pred_best = predictions(baseline["template"]), predictions(best["template"])
+    n = len(classnames)
+    conf_base = np.zeros((n, n), int)
+    conf_best = np.zeros((n, n), int)
+    np.add.at(conf_base, (labels, pred_base), 1)
+    np.add.at(conf_best, (labels, pred_best), 1)
+    change = conf_best - conf_base
+    np.fill_diagonal(change, 0)
+    order = np.dstack(np.unravel_index(np.argsort(-np.abs(change), axis=None), change.shape))[0]
+    confusions = [{"true": classnames[t], "predicted": classnames[p], "baseline": int(conf_base[t, p]),
+                   "final": int(conf_best[t, p])} for t, p in order[:8] if change[t, p] != 0]
+
+    distinct, seen = [], set()
+    for r in sorted(scored, key=lambda r: rank_key(r, "train")):
+        key = " ".join(r["template"].lower().split())
+        if key not in seen:
+            seen.add(key)
+            distinct.append({"template": r["template"], "accuracy": r["accuracy"], "loss": r["loss"]})
+        if len(distinct) == TOP_PROMPTS:
+            break
+    templates = [p["template"] for p in distinct]
+    ens = score_embeddings(train.embeddings, train.labels,
+                           _ensemble(clip, templates, classnames), clip.logit_scale)
+    summary_path = Path(run) / "summary.json"
+    base_novel = None
+    if summary_path.is_file():
+        try:
+            base_novel = json.loads(summary_path.read_text(encoding="utf-8")).get("base_novel")
+        except ValueError:
+            base_novel = None
+    images = config.get("descriptions") or [{"path": str(p), "description": ""} for p in train.dataset.paths[:40]]
+    return Report(str(run), steps, scored, best, baseline, classnames, per_class, confusions,
+                  attribute(best["template"], score), distinct,
+                  {"templates": templates, "accuracy": ens.acc1, "loss": ens.loss}, base_novel,
+                  [i for i in images if isinstance(i, dict)])
+
+
+def _ensemble(clip, templates: list[str], classnames: list[str]) -> np.ndarray:
+    from ipo_cli.scoring import Prompt, class_embeddings
+
+    return class_embeddings(clip, Prompt("ensemble", [t.replace(PLACEHOLDER, "{}") for t in templates]), classnames)
+
+
+# ---- plots and the HTML file ---------------------------------------------------------------
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plots(report: Report) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.6))
+    steps = [r["step"] for r in report.candidates]
+    ax_acc.scatter(steps, [r["accuracy"] for r in report.candidates], s=12, alpha=0.6, label="candidates")
+    ax_loss.scatter(steps, [r["loss"] for r in report.candidates], s=12, alpha=0.6, color="tab:orange")
+    by_step = [s for s in report.steps]
+    ax_acc.plot([s["step"] for s in by_step], [s["best_accuracy"] for s in by_step], color="black", label="best so far")
+    ax_loss.plot([s["step"] for s in by_step], [s["best_loss"] for s in by_step], color="black")
+    ax_acc.axhline(report.baseline["accuracy"], ls="--", color="grey", label="baseline")
+    ax_loss.axhline(report.baseline["loss"], ls="--", color="grey")
+    ax_acc.set(xlabel="step", ylabel="training accuracy (%)", title="accuracy")
+    ax_loss.set(xlabel="step", ylabel="cross-entropy", title="loss")
+    ax_acc.legend(fontsize=8)
+    out["search.png"] = _figure_png(fig)
+
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(report.per_class_delta))))
+    names = [c for c, _ in report.per_class_delta]
+    deltas = [d for _, d in report.per_class_delta]
+    ax.barh(names, deltas, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="final minus baseline training accuracy (points)", title="per class")
+    out["per_class.png"] = _figure_png(fig)
+
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(report.attribution))))
+    units = [a.unit for a in report.attribution][::-1]
+    changes = [a.loss_change for a in report.attribution][::-1]
+    ax.barh(units, changes, color=["tab:green" if c > 0 else "tab:red" for c in changes])
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set(xlabel="loss without it minus loss with it (> 0: it helps)", title="word attribution")
+    out["attribution.png"] = _figure_png(fig)
+    return out
+
+
+def _thumbnail(path: str) -> str:
+    try:
+        from ipo_cli.dataset import load_image
+
+        img = load_image(Path(path))
+        img.thumbnail((96, 96))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    except Exception:  # noqa: BLE001 - a missing image is shown as missing
+        return ""
+
+
+def _highlight(report: Report) -> str:
+    words = {a.unit: a.loss_change for a in report.attribution if a.kind == "word"}
+    scale = max((abs(v) for v in words.values()), default=0) or 1
+    spans = []
+    for word in report.best["template"].split():
+        change = words.get(word)
+        if change is None:
+            spans.append(f"<b>{html.escape(word)}</b>")
+            continue
+        alpha = min(1.0, abs(change) / scale)
+        colour = f"rgba(0,160,0,{alpha:.2f})" if change > 0 else f"rgba(220,0,0,{alpha:.2f})"
+        spans.append(f'<span style="background:{colour}" title="loss change {change:+.4f}">{html.escape(word)}</span>')
+    return " ".join(spans)
+
+
+def to_html(report: Report, pngs: dict[str, bytes]) -> str:
+    e = html.escape
+
+    def img(name: str) -> str:
+        return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}">'
+
+    def table(headers: list[str], rows: list[list[Any]]) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>ipo report</title><style>"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}.imgs{display:flex;flex-wrap:wrap}"
+        ".imgs div{width:220px;margin:6px;font-size:12px}</style></head><body>",
+        f"<h1>ipo report: {e(report.run)}</h1>",
+        f"<p>Final prompt: <b>{e(report.best['template'])}</b> — training accuracy {report.best['accuracy']:.2f}, "
+        f"loss {report.best['loss']:.4f} (baseline <i>{e(report.baseline['template'])}</i>: "
+        f"{report.baseline['accuracy']:.2f}, {report.baseline['loss']:.4f}).</p>",
+        "<h2>The search</h2>", img("search.png"),
+    ]
+    if report.base_novel:
+        bn = report.base_novel
+        parts.append(table(["", "base", "novel", "H"], [
+            ["final prompt", f"{bn['best']['base']:.2f}", f"{bn['best']['novel']:.2f}", f"{bn['best']['hm']:.2f}"],
+            ["baseline", f"{bn['baseline']['base']:.2f}", f"{bn['baseline']['novel']:.2f}",
+             f"{bn['baseline']['hm']:.2f}"]]))
+    parts += ["<h2>Per class</h2>", img("per_class.png"),
+              "<h3>Confusions that changed most</h3>",
+              table(["true class", "predicted as", "baseline", "final"],
+                    [[c["true"], c["predicted"], c["baseline"], c["final"]] for c in report.confusions]),
+              "<h2>Which words matter</h2>", f"<p style='font-size:1.3em'>{_highlight(report)}</p>",
+              img("attribution.png"),
+              table(["dropped", "kind", "loss change", "accuracy change"],
+                    [[a.unit, a.kind, f"{a.loss_change:+.4f}", f"{a.accuracy_change:+.2f}"] for a in report.attribution]),
+              "<h2>Top distinct prompts</h2>",
+              table(["prompt", "accuracy", "loss"],
+                    [[p["template"], f"{p['accuracy']:.2f}", f"{p['loss']:.4f}"] for p in report.top_prompts]
+                    + [[f"ensemble of these {len(report.ensemble['templates'])}", f"{report.ensemble['accuracy']:.2f}",
+                        f"{report.ensemble['loss']:.4f}"]]),
+              "<h2>The images the loop saw</h2><div class='imgs'>"]
+    for item in report.images:
+        src = _thumbnail(item.get("path", ""))
+        thumb = f"<img src='{src}'>" if src else "(missing)"
+        parts.append(f"<div>{thumb}<br>{e(Path(item.get('path', '')).name)}<br>{e(item.get('description', ''))}</div>")
+    parts.append("</div></body></html>")
+    return "\n".join(parts)
+
+
+def write(report: Report, out: Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = plots(report)
+    written = []
+    for name, data in pngs.items():
+        (out / name).write_bytes(data)
+        written.append(out / name)
+    (out / "report.html").write_text(to_html(report, pngs), encoding="utf-8")
+    (out / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    return [out / "report.html", *written]
