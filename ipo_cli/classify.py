@@ -54,17 +54,32 @@ def choose_prompt(prompts: list[Prompt], ensemble: bool = False) -> Prompt:
 class Classifier:
     def __init__(self, prompt: Prompt, classnames: Sequence[str], clip: str = "ViT-B-16:openai",
                  clip_weights: Path | str | None = None, device: str = "auto", cache_dir: Path | None = None):
-        from ipo_cli import cache, vision
-        from ipo_cli.scoring import class_embeddings
+        from ipo_cli import cache
 
         self.prompt = prompt
         self.classnames = list(classnames)
         if len(self.classnames) < 2:
             raise IpoError("classifying needs at least two class names")
-        prompt.texts(self.classnames)  # per-class prompts must cover every class: say so now
-        self.clip = vision.load_clip(vision.parse_clip(clip, clip_weights), device)
+        self.texts = [t for texts in prompt.texts(self.classnames) for t in texts]  # checks per-class coverage
+        self.spec = (clip, clip_weights, device)
         self.store = cache.Store(cache.cache_root(cache_dir), "embeddings")
-        self.text = class_embeddings(self.clip, prompt, self.classnames)
+        self.clip = None  # loaded on first need: a fully cached batch of files needs no model at all
+        self.text = None
+
+    def _model(self, paths: Sequence[Path] = (), need_model: bool = False):
+        from ipo_cli import vision
+        from ipo_cli.scoring import class_embeddings
+
+        if self.clip is None or (need_model and getattr(self.clip, "warm", False)):
+            clip, weights, device = self.spec
+            warm = None if need_model else vision.cached_clip(clip, weights, self.store, paths, self.texts, device)
+            if warm is not None:
+                self.clip = warm
+            else:
+                self.clip = vision.load_clip(vision.parse_clip(clip, weights), device)
+                self.clip.remember(self.store)
+            self.text = class_embeddings(self.clip, self.prompt, self.classnames)
+        return self.clip
 
     @classmethod
     def from_files(cls, prompts_file: Path | str, classes_file: Path | str, ensemble: bool = False,
@@ -76,7 +91,7 @@ class Classifier:
         return cls(prompt, read_classes(Path(classes_file)), **kwargs)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
-        logits = self.clip.logit_scale * (embeddings @ self.text.T).astype(np.float64)
+        logits = self._model().logit_scale * (embeddings @ self.text.T).astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         exp = np.exp(logits)
         return exp / exp.sum(axis=1, keepdims=True)
@@ -89,6 +104,8 @@ class Classifier:
         paths = [(i, Path(x)) for i, x in enumerate(images) if isinstance(x, (str, Path))]
         pils = [(i, x) for i, x in enumerate(images) if not isinstance(x, (str, Path))]
         rows: dict[int, np.ndarray] = {}
+        readable = [p for _, p in paths if p.is_file()]
+        self._model(readable if len(readable) == len(paths) else (), need_model=bool(pils) or len(readable) < len(paths))
         if paths:
             emb, kept, failures = self.clip.embed_images([p for _, p in paths], store=self.store,
                                                          batch_size=batch_size, progress=progress)

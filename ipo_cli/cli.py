@@ -222,6 +222,13 @@ def report_cmd(
     top.add_row(f"ensemble of these {len(report.ensemble['templates'])}", f"{report.ensemble['accuracy']:.2f}",
                 f"{report.ensemble['loss']:.4f}")
     out.print(top)
+    if report.confusions:
+        confusions = Table(title="confusions that changed most (training images)")
+        for col in ("true class", "predicted as", "baseline", "final"):
+            confusions.add_column(col)
+        for c in report.confusions:
+            confusions.add_row(c["true"], c["predicted"], str(c["baseline"]), str(c["final"]))
+        out.print(confusions)
     out.print(f"report written: {written[0]}")
 
 
