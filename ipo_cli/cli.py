@@ -190,6 +190,13 @@ def report_cmd(
     """Why the prompt works: the search, per-class changes, word attribution, top prompts, images."""
     from ipo_cli import insight
 
+    if insight.is_bench(run):
+        written = insight.write_bench(run)
+        if as_json:
+            print(json.dumps({"report": str(written)}))
+        else:
+            out.print(f"bench report written: {written}")
+        return
     with status("scoring the run's prompts on its cached embeddings"):
         report = insight.build(run, cache_dir, device)
     written = insight.write(report, run / "report")
@@ -448,6 +455,10 @@ def bench_cmd(
     finally:
         result = bench.table(cells, shots)
         bench.write_tables(out_dir, result)
+        if result["datasets"]:
+            from ipo_cli import insight
+
+            insight.write_bench(out_dir)
     if as_json:
         print(json.dumps({"plan": sweep, **result}))
     else:

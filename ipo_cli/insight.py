@@ -145,6 +145,11 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
         data = Dataset(classnames, items)
         store = cache.Store(cache.cache_root(cache_dir), "embeddings")
         if clip is None:
+            # a report made before has cached every text it needs: then no model is loaded
+            needed = _texts_needed(best, baseline, scored, classnames)
+            clip = vision.cached_clip(request.get("clip") or vision.DEFAULT_CLIP, request.get("clip_weights"),
+                                      store, data.paths, needed, device)
+        if clip is None:
             spec = vision.parse_clip(request.get("clip") or vision.DEFAULT_CLIP, request.get("clip_weights"))
             clip = vision.load_clip(spec, device)
             clip.remember(store)
@@ -158,7 +163,9 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     per_class.sort(key=lambda x: x[1])
 
     def predictions(template: str) -> np.ndarray:
-        text = clip.encode_texts([template.replace(PLACEHOLDER, c) for c in classnames])
+        from ipo_cli.scoring import fill
+
+        text = clip.encode_texts([fill(template, c) for c in classnames])
         return np.argmax(train.embeddings @ text.T, axis=1)
 
     labels = np.asarray(train.labels)
@@ -174,14 +181,7 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     confusions = [{"true": classnames[t], "predicted": classnames[p], "baseline": int(conf_base[t, p]),
                    "final": int(conf_best[t, p])} for t, p in order[:8] if change[t, p] != 0]
 
-    distinct, seen = [], set()
-    for r in sorted(scored, key=lambda r: rank_key(r, "train")):
-        key = " ".join(r["template"].lower().split())
-        if key not in seen:
-            seen.add(key)
-            distinct.append({"template": r["template"], "accuracy": r["accuracy"], "loss": r["loss"]})
-        if len(distinct) == TOP_PROMPTS:
-            break
+    distinct = _distinct(scored)
     templates = [p["template"] for p in distinct]
     ens = score_embeddings(train.embeddings, train.labels,
                            _ensemble(clip, templates, classnames), clip.logit_scale)
@@ -199,10 +199,32 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
                   [i for i in images if isinstance(i, dict)])
 
 
+def _distinct(scored: list[dict]) -> list[dict]:
+    from ipo_cli.optimizer import rank_key
+
+    distinct, seen = [], set()
+    for r in sorted(scored, key=lambda r: rank_key(r, "train")):
+        key = " ".join(r["template"].lower().split())
+        if key not in seen:
+            seen.add(key)
+            distinct.append({"template": r["template"], "accuracy": r["accuracy"], "loss": r["loss"]})
+        if len(distinct) == TOP_PROMPTS:
+            break
+    return distinct
+
+
+def _texts_needed(best: dict, baseline: dict, scored: list[dict], classnames: list[str]) -> list[str]:
+    from ipo_cli.scoring import fill
+
+    templates = [best["template"], baseline["template"], *(v for _, _, v in variants(best["template"])),
+                 *(p["template"] for p in _distinct(scored))]
+    return [fill(t, c) for t in dict.fromkeys(templates) for c in classnames]
+
+
 def _ensemble(clip, templates: list[str], classnames: list[str]) -> np.ndarray:
     from ipo_cli.scoring import Prompt, class_embeddings
 
-    return class_embeddings(clip, Prompt("ensemble", [t.replace(PLACEHOLDER, "{}") for t in templates]), classnames)
+    return class_embeddings(clip, Prompt("ensemble", templates), classnames)
 
 
 # ---- plots and the HTML file ---------------------------------------------------------------
@@ -343,3 +365,53 @@ def write(report: Report, out: Path) -> list[Path]:
     (out / "report.html").write_text(to_html(report, pngs), encoding="utf-8")
     (out / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     return [out / "report.html", *written]
+
+
+# ---- a bench folder ---------------------------------------------------------------------------
+def is_bench(folder: Path) -> bool:
+    return (Path(folder) / "table.json").is_file()
+
+
+def write_bench(folder: Path) -> Path:
+    """BENCH/report.html: the base-to-novel table, H per dataset (CLIP vs IPO) as a plot,
+    and a link to each run's own report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    try:
+        table = json.loads((folder / "table.json").read_text(encoding="utf-8"))
+        rows = table["datasets"]
+        assert isinstance(rows, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise IpoError(f"{folder}/table.json is not an ipo bench table", "run ipo bench again") from None
+    names = list(rows)
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 3.5))
+    x = np.arange(len(names))
+    for offset, method in ((-0.2, "CLIP"), (0.2, "IPO")):
+        ax.bar(x + offset, [rows[n][method]["H"]["mean"] for n in names], width=0.4, label=method,
+               yerr=[rows[n][method]["H"]["std"] for n in names])
+    ax.set_xticks(x, names, rotation=30, ha="right")
+    ax.set(ylabel="H (%)", title=f"base-to-novel H, {table.get('shots', '?')} shot(s)")
+    ax.legend()
+    png = _figure_png(fig)
+    (folder / "h_per_dataset.png").write_bytes(png)
+    e = html.escape
+    lines = ["<!doctype html><html><head><meta charset='utf-8'><title>ipo bench</title><style>"
+             "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
+             f"<h1>ipo bench: {e(str(folder))}</h1>",
+             f"<img alt='H per dataset' src='data:image/png;base64,{base64.b64encode(png).decode()}'>",
+             "<table><tr><th>dataset</th><th>seeds</th>"
+             + "".join(f"<th>{m} {k}</th>" for m in ("CLIP", "IPO") for k in ("base", "novel", "H")) + "</tr>"]
+    for name in names:
+        row = rows[name]
+        cells = "".join(f"<td>{row[m][k]['mean']:.2f} ± {row[m][k]['std']:.2f}</td>"
+                        for m in ("CLIP", "IPO") for k in ("base", "novel", "H"))
+        links = ", ".join(f"<a href='{e(name)}/seed{s}/report/report.html'>seed {s}</a>" for s in row["seeds"])
+        lines.append(f"<tr><td>{e(name)} ({links})</td><td>{len(row['seeds'])}</td>{cells}</tr>")
+    lines.append("</table></body></html>")
+    (folder / "report.html").write_text("\n".join(lines), encoding="utf-8")
+    return folder / "report.html"

@@ -371,6 +371,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     with reporter.status(f"loading CLIP {spec.identity}"):
         clip = vision.load_clip(spec, device)
     store = cache.Store(root, "embeddings")
+    clip.remember(store)  # text embeddings on disk too: later evals and reports need no model
     sets = []
     for name, data in (("train", train), ("val", val)):
         if data is None:

@@ -55,3 +55,9 @@ def test_bench_runs_resumes_and_tabulates(tmp_path, tiny_config, tiny_checkpoint
     # each cell is an ordinary run folder compared with the dataset's own CLIP template
     evaluation = json.loads((out / "EuroSAT" / "seed2" / "eval_base_novel.json").read_text())
     assert evaluation["results"][-1]["name"] == "a centered satellite photo of {}."
+    # the bench's report: the table, H per dataset, a link to every run's own report
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and page.count("/report/report.html") == 4
+    assert all((out / d / f"seed{s}" / "report" / "report.html").is_file() for d in ("DTD", "EuroSAT") for s in (1, 2))
+    again = run_ipo("report", out)
+    assert again.returncode == 0 and "bench report written" in again.stdout

@@ -63,3 +63,24 @@ def test_the_report_of_a_finished_run_matches_its_history(tmp_path, fashion_trai
     assert json.loads(again.stdout)["attribution"] == report["attribution"]
     table = run_ipo("report", out)
     assert table.returncode == 0 and "which words matter" in table.stdout and best["template"] in table.stdout
+
+
+def test_a_second_report_needs_neither_torch_nor_open_clip(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    with FakeOpenAI(key=KEY, reply=lambda p: "<INS>a clear photo of a <CLASS>, front view.</INS>") as api:
+        result = run_ipo("optimize", fashion_train, "--classes", fashion_train / "classes.txt", "--shots", "1",
+                         "--steps", "1", "--candidates", "1", "--lmm", "none", "--llm-url", api.url + "/v1",
+                         "--clip", tiny_config, "--clip-weights", tiny_checkpoint, "--out", out, "--json",
+                         env={"IPO_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    first = json.loads((out / "report" / "report.json").read_text())
+    guard = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
+             "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
+    warm = subprocess.run([sys.executable, "-c", guard, "report", str(out), "--json"], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert warm.returncode == 0, warm.stderr
+    assert json.loads(warm.stdout)["attribution"] == first["attribution"]
