@@ -1,7 +1,6 @@
 """`ipo eval` as a user runs it: a subprocess over real images and a real open_clip model."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
