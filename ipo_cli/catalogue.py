@@ -619,7 +619,14 @@ def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int,
     entry = catalogue[name]
     pinned = [RemoteFile(role, entry.source["file" if role == "model" else role], pin["size"], pin["sha256"],
                          "catalogue") for role, pin in sorted(entry.files.items())] if entry.pinned else None
-    if pinned and all(find_in_hf_cache(entry.repo, entry.revision, f.filename) for f in pinned):
+    in_cache: dict[str, Path | None] = {}
+
+    def cached_copy(filename: str) -> Path | None:  # looked up once per file
+        if filename not in in_cache:
+            in_cache[filename] = find_in_hf_cache(entry.repo, entry.revision, filename)
+        return in_cache[filename]
+
+    if pinned and all(cached_copy(f.filename) for f in pinned):
         files = pinned  # everything is in the user's hub cache: no need to ask the hub
     elif offline():
         # Offline, the user's hub cache can still serve a fully pinned entry.
@@ -635,7 +642,7 @@ def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int,
         if remote.chosen_from:
             say(f"{remote.role} pattern matched {', '.join(remote.chosen_from)}; chose {remote.filename} "
                 f"(preference {' > '.join(MMPROJ_PREFERENCE if remote.role == 'mmproj' else MODEL_PREFERENCE)})")
-        cached = find_in_hf_cache(entry.repo, entry.revision, remote.filename)
+        cached = cached_copy(remote.filename)
         if cached is not None:
             digest = _check(cached, remote, name, delete=False)
             say(f"using {remote.filename} from your Hugging Face cache: {cached}")

@@ -115,7 +115,7 @@ class Classifier:
                 index = next(i for i, p in paths if p == failure.path)
                 out[index].error = failure.reason
         if pils:
-            rows.update(zip([i for i, _ in pils], self._embed_pil([x for _, x in pils])))
+            rows.update(zip([i for i, _ in pils], self.clip.embed_pil_images([x for _, x in pils])))
         if rows:
             order = sorted(rows)
             probs = self.probabilities(np.stack([rows[i] for i in order]))
@@ -123,15 +123,6 @@ class Classifier:
                 best = np.argsort(-p, kind="stable")[:top_k]  # ties: the lower class index first, as argmax
                 out[i].top = [(self.classnames[c], float(p[c])) for c in best]
         return out
-
-    def _embed_pil(self, images: list) -> list[np.ndarray]:
-        import torch
-
-        tensors = torch.stack([self.clip.preprocess(img.convert("RGB")) for img in images]).to(self.clip.device)
-        with torch.inference_mode(), self.clip._autocast():
-            feats = self.clip.model.encode_image(tensors)
-        feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
-        return list(feats.astype(np.float16).astype(np.float32))  # the precision of cached embeddings
 
     @staticmethod
     def _name(i: int, x: Any) -> str:

@@ -178,8 +178,9 @@ HISTORY_RESERVED = 5
 
 def described_subset(request: Request, plan: dict, n_images: int) -> list[int]:
     """Which training images to caption: a subset drawn with --seed, as many as fit the
-    LLM's context next to a full history (each description at its longest), so that no LMM
-    call is spent on a description the meta-prompt would leave out."""
+    LLM's context next to the first history items (each description at a typical length,
+    CAPTION_TOKENS), so that LMM calls are not spent on descriptions the meta-prompt would
+    leave out."""
     import random
 
     from ipo_cli import catalogue
@@ -244,18 +245,11 @@ def _load(request: Request, part: str):
 def _val_source(request: Request, full, train):
     """CoOp's val list: the split file's val part; for a plain folder, the images not drawn
     for training."""
-    from ipo_cli import dataset as ds
-
-    if request.dataset:
+    if request.dataset or request.split:
         try:
             return _load(request, "val")
         except IpoError:
-            return None  # CoOp's ImageNet draws no val sample
-    if request.split:
-        try:
-            return ds.load_split(Path(request.split), Path(request.images), "val", request.allow_outside_root)
-        except IpoError:
-            return None  # no val part: CoOp's ImageNet uses none either
+            return None  # no val part: CoOp's ImageNet draws no val sample either
     return full.without(set(train.paths))
 
 
@@ -334,14 +328,9 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     if request.select not in ("train", "val"):
         raise IpoError(f"--select must be train or val, not {request.select!r}")
     full, train, val = _sample(request)
-    if resume:
-        drawn = {str(p) for p in train.paths}
-        for entry in (saved.get("split") or {}).get("train") or []:
-            path = str(entry[0]) if isinstance(entry, list) and entry else "?"
-            if path not in drawn:
-                gone = "is missing or unreadable" if not Path(path).is_file() else "is no longer drawn"
-                raise IpoError(f"cannot resume {out}: the training images changed since the run began "
-                               f"(train image {path} {gone})", "restore the images, or start a new run")
+    if resume:  # before any model is loaded: every saved training image must be drawn again
+        drawn = {"train": [[str(p), label] for p, label in zip(train.paths, train.labels)]}
+        _refuse_changed_sample(out, saved.get("split"), drawn, both_ways=False)
     use_lmm = (request.lmm or "").lower() != "none"
     if parallel is not None and parallel < 1:
         raise IpoError(f"--parallel must be at least 1, not {parallel}")
@@ -426,10 +415,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         if diffs:
             raise IpoError(f"cannot resume {out}: the models differ ({'; '.join(diffs)})",
                            "resume with the same model files")
-        changed = sample_changes(saved.get("split"), config["split"])
-        if changed:
-            raise IpoError(f"cannot resume {out}: the training images changed since the run began ({changed})",
-                           "restore the images, or start a new run")
+        _refuse_changed_sample(out, saved.get("split"), config["split"])
     else:
         folder = RunFolder.create(out, config, force)
 
@@ -473,8 +459,16 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     return summary
 
 
-def sample_changes(saved: Any, now: dict) -> str | None:
-    """The first difference between the sample a run was started with and today's."""
+def _refuse_changed_sample(out: Path, saved: Any, now: dict, both_ways: bool = True) -> None:
+    changed = sample_changes(saved, now, both_ways)
+    if changed:
+        raise IpoError(f"cannot resume {out}: the training images changed since the run began ({changed})",
+                       "restore the images, or start a new run")
+
+
+def sample_changes(saved: Any, now: dict, both_ways: bool = True) -> str | None:
+    """The first difference between the sample a run was started with and today's
+    (`both_ways=False`: only saved images that are no longer in today's sample)."""
     if not isinstance(saved, dict):
         return "the run's config.json records no sample"
     for part, items in now.items():
@@ -488,10 +482,10 @@ def sample_changes(saved: Any, now: dict) -> str | None:
                 return f"{part} image {path} is missing or unreadable now" if not Path(path).is_file() else \
                     f"{part} image {path} is no longer in the sample"
         for path in new:
-            if path not in old:
+            if both_ways and path not in old:
                 return f"{part} image {path} was not in the run's sample"
         for path, label in new.items():
-            if old[path] != label:
+            if path in old and old[path] != label:
                 return f"{part} image {path} has another class now"
     return None
 

@@ -371,8 +371,9 @@ class OpenAIServerLLM:
         return kind
 
     def _ollama_context(self) -> None:
-        """Ollama's model limit from /api/show (model_info "<arch>.context_length"); the
-        context ipo asks for is --n-ctx, else that limit up to 8192 tokens."""
+        """Ollama's model limit from /api/show (model_info "<arch>.context_length", e.g.
+        "llama.context_length", as Ollama's API docs and its clients read it); the context
+        ipo asks for is --n-ctx, else that limit up to 8192 tokens."""
         try:
             info = self.post("/api/show", {"model": self.model}, base=self.root)
         except IpoError:

@@ -227,6 +227,18 @@ class ClipModel:
         emb = np.stack([results[i] for i in kept]) if kept else np.zeros((0, dim), np.float32)
         return emb, kept, failures
 
+    def embed_pil_images(self, images: list):
+        """Embeddings of in-memory PIL images (not cached: they have no file to key them
+        by), rounded to float16 like cached ones so that both give the same numbers."""
+        import numpy as np
+        import torch
+
+        tensors = torch.stack([self.preprocess(img.convert("RGB")) for img in images]).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            feats = self.model.encode_image(tensors)
+        feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+        return feats.astype(np.float16).astype(np.float32)
+
     @functools.cached_property
     def embed_dim(self) -> int:
         return int(self.encode_texts(["a"]).shape[1])
