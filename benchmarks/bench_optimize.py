@@ -40,9 +40,14 @@ class Timed:
 
 
 def one_step(work: Path, images: Path, checkpoint: Path, smollm: Path) -> None:
-    from ipo_cli import cache, dataset, evaluate, meta_prompt, optimizer, vision
-    from ipo_cli.llm import LlamaCppLLM
-    from ipo_cli.runs import RunFolder
+    from ipo_cli import cache
+    from ipo_cli.data import folders as dataset
+    from ipo_cli.clip import evaluate
+    from ipo_cli.optimize import meta_prompt
+    from ipo_cli.optimize import loop as optimizer
+    from ipo_cli.clip import model as vision
+    from ipo_cli.llm.models import LlamaCppLLM
+    from ipo_cli.optimize.run_folder import RunFolder
 
     clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))
     data = dataset.few_shot(dataset.load_dataset(images, images / "classes.txt"), 4, 1)

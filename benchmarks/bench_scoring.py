@@ -48,7 +48,7 @@ def best_of(fn, repeat: int = 5) -> float:
 def bench_text(checkpoint: Path) -> None:
     import torch
 
-    from ipo_cli import vision
+    from ipo_cli.clip import model as vision
 
     clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))
     for template in ("a photo of a {}, a type of pet.", "Identify the unique visual features of the {} accurately."):
@@ -69,8 +69,11 @@ def bench_text(checkpoint: Path) -> None:
 def bench_eval(checkpoint: Path, n_images: int, work: Path) -> None:
     from fashion_mnist import export
 
-    from ipo_cli import cache, dataset, evaluate, vision
-    from ipo_cli.prompts import parse_prompts
+    from ipo_cli import cache
+    from ipo_cli.data import folders as dataset
+    from ipo_cli.clip import evaluate
+    from ipo_cli.clip import model as vision
+    from ipo_cli.data.prompts import parse_prompts
 
     per_class = n_images // 10
     images = export(work / "images", "test", per_class=per_class)
@@ -116,7 +119,8 @@ def bench_eval(checkpoint: Path, n_images: int, work: Path) -> None:
 def bench_throughput(checkpoint: Path, work: Path, batch_size: int = 32) -> None:
     import torch
 
-    from ipo_cli import dataset, vision
+    from ipo_cli.data import folders as dataset
+    from ipo_cli.clip import model as vision
 
     images = work / "images"
     paths = dataset.load_dataset(images, images / "classes.txt").paths

@@ -14,7 +14,7 @@ __all__ = ["Classifier", "IpoError", "Prediction", "__version__"]
 def __getattr__(name: str):
     """`from ipo_cli import Classifier` without importing numpy or torch for `ipo --help`."""
     if name in ("Classifier", "Prediction"):
-        from ipo_cli import classify
+        from ipo_cli.clip import classify
 
         return getattr(classify, name)
     raise AttributeError(name)

@@ -12,7 +12,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        from ipo_cli import cli
+        from ipo_cli.cli import app as cli
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.stderr.write("error: interrupted\n")

@@ -12,6 +12,8 @@ import pytest
 
 # huggingface_hub reads this once, at import: the tests never reach for the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The consoles are made at import and take their width from COLUMNS, as in a 200-column terminal.
+os.environ["COLUMNS"] = "200"
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
@@ -72,7 +74,7 @@ def tiny_checkpoint(tiny_config) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_config, tiny_checkpoint):
-    from ipo_cli import vision
+    from ipo_cli.clip import model as vision
 
     return vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
 
@@ -83,7 +85,7 @@ def vitb32(tmp_path_factory):
     import open_clip
     import torch
 
-    from ipo_cli import vision
+    from ipo_cli.clip import model as vision
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None)
@@ -92,8 +94,59 @@ def vitb32(tmp_path_factory):
     return vision.load_clip(vision.parse_clip("ViT-B-32", path))
 
 
-def run_ipo(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """The real command in a subprocess, as a user runs it."""
+class Result:
+    """What a finished command left: exit code, stdout, stderr (as subprocess.CompletedProcess)."""
+
+    def __init__(self, args, returncode: int, stdout: str, stderr: str):
+        self.args, self.returncode, self.stdout, self.stderr = args, returncode, stdout, stderr
+
+
+def run_ipo(*args: str, env: dict | None = None, cwd: Path | None = None) -> Result:
+    """The real `ipo` command in this process: the same entry point, error mapping and
+    exit codes as the installed executable, with stdout and stderr captured. Environment
+    values and the working folder are set for the call and restored after it. What needs
+    a process of its own (signals, kill -9, imports that must not happen) uses
+    `run_ipo_process`."""
+    import contextlib
+    import io
+    import signal
+
+    from ipo_cli.cli import app as cli_app
+    from ipo_cli.cli import errors as cli_errors
+
+    argv = [str(a) for a in args]
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv
+    saved_signals = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.argv = ["ipo", *argv]
+        cli_errors.TERMINATED[0] = cli_errors.SUMMARY_SHOWN[0] = False
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_app.main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # IPO_DEBUG=1 lets the exception out: Python prints it and exits 1
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        for s, handler in saved_signals.items():
+            signal.signal(s, handler)
+    return Result(argv, code, out.getvalue(), err.getvalue())
+
+
+def run_ipo_process(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The real command in a subprocess, as a user runs it (for signals, fresh imports)."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "ipo_cli", *map(str, args)],

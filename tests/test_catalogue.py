@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ipo
-from ipo_cli import catalogue
+from ipo_cli.store import catalogue
 from ipo_cli.errors import IpoError
 from servers import FakeHub
 
@@ -189,7 +189,7 @@ def test_installed_wheel_carries_the_catalogue(tmp_path):
     wheel = next((tmp_path / "dist").glob("*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True)
-    code = "import ipo_cli.catalogue as c; print(c.__file__); print(len(c.load_catalogue()))"
+    code = "import ipo_cli.store.catalogue as c; print(c.__file__); print(len(c.load_catalogue()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert out[0].startswith(str(tmp_path / "site"))

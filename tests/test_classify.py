@@ -8,9 +8,10 @@ import numpy as np
 from PIL import Image
 
 from conftest import run_ipo, run_ipo_without_torch
-from ipo_cli import Classifier, dataset as ds
-from ipo_cli.prompts import parse_prompts, read_prompts
-from ipo_cli.scoring import Prompt
+from ipo_cli import Classifier
+from ipo_cli.data import folders as ds
+from ipo_cli.data.prompts import parse_prompts, read_prompts
+from ipo_cli.clip.scoring import Prompt
 
 DATA = Path(__file__).parent / "data"
 

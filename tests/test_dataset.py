@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ipo_cli import dataset as ds
+from ipo_cli.data import folders as ds
 from ipo_cli.errors import IpoError
 
 
@@ -173,7 +173,7 @@ def test_sampling_equals_dassl_on_a_shuffled_split_file(tmp_path):
     not always): ipo draws exactly Dassl's images, train and val, before the base cut."""
     import json
 
-    from ipo_cli import job
+    from ipo_cli.optimize import job
 
     root = make_folder(tmp_path / "imgs", {f"class{i}": 12 for i in range(6)})
     rng = random.Random(7)

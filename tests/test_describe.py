@@ -9,7 +9,8 @@ import shutil
 from PIL import Image
 
 from conftest import run_ipo
-from ipo_cli import cache, describe
+from ipo_cli import cache
+from ipo_cli.llm import captions as describe
 from servers import FakeChatServer
 
 
@@ -140,7 +141,7 @@ def test_redaction_keeps_colours_and_generic_words():
 
 
 def test_only_the_seeded_subset_that_fits_is_described():
-    from ipo_cli import job
+    from ipo_cli.optimize import job
 
     request = job.Request(images="x", seed=3, n_ctx=4096)
     chosen = job.described_subset(request, {"llm": "x"}, 200)

@@ -259,7 +259,7 @@ def test_prompt_file_not_utf8(tmp_path, small):
     (b'{"models": {"\xff": 1}}', "corrupt"), ('{"models": []}', "corrupt"),
 ])
 def test_damaged_manifest(content, needle):
-    from ipo_cli import catalogue
+    from ipo_cli.store import catalogue
 
     path = catalogue.models_dir() / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -356,7 +356,7 @@ def test_a_second_writer_is_refused_with_the_first_ones_pid(small, tmp_path, cli
         out = tmp_path / "run"
         fine(optimize(small, clip, out, url=api.url + "/v1"))
         holder = subprocess.Popen([sys.executable, "-c", (
-            "import sys, time; from ipo_cli.runs import RunFolder; f, _ = RunFolder.open(sys.argv[1], lock=True); "
+            "import sys, time; from ipo_cli.optimize.run_folder import RunFolder; f, _ = RunFolder.open(sys.argv[1], lock=True); "
             "print('held', flush=True); time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == "held"
         try:

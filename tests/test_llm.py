@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ipo_cli.errors import IpoError
-from ipo_cli.llm import LlamaCppLLM, OpenAIServerLLM, SamplingSettings, load_llm
+from ipo_cli.llm.models import LlamaCppLLM, OpenAIServerLLM, SamplingSettings, load_llm
 from servers import FakeChatServer
 
 INS_GRAMMAR = r'''root ::= "<INS>" words "<CLASS>" words "</INS>"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ipo_cli import meta_prompt as mp
+from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.errors import IpoError
 
 HISTORY = [mp.HistoryItem("a photo of a <CLASS>.", 40.0, 1.8), mp.HistoryItem("a blurry photo of a <CLASS>.", 30.0, 2.0),
@@ -83,7 +83,7 @@ def test_candidate_rules(validator, raw, reason):
 def test_grammar_forces_one_answer_with_one_placeholder(smollm):
     import re
 
-    from ipo_cli.llm import LlamaCppLLM, SamplingSettings
+    from ipo_cli.llm.models import LlamaCppLLM, SamplingSettings
 
     llm = LlamaCppLLM(smollm, n_ctx=2048)
     meta = mp.build(HISTORY, [], llm.count_tokens, 1900)
@@ -93,7 +93,7 @@ def test_grammar_forces_one_answer_with_one_placeholder(smollm):
 
 
 def test_braces_are_rejected_by_validator_and_grammar():
-    from ipo_cli import meta_prompt as mp
+    from ipo_cli.optimize import meta_prompt as mp
 
     validator = mp.Validator(["cat", "dog"], lambda t: len(t.split()) + 2)
     for raw in ("<INS>a photo of a {} <CLASS></INS>", "<INS>a {c} of a <CLASS></INS>"):

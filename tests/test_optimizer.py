@@ -7,9 +7,9 @@ import re
 import pytest
 
 from ipo_cli.errors import IpoError
-from ipo_cli.llm import Generation, Usage
-from ipo_cli.optimizer import BASELINE, LoopSettings, Optimizer, ScoreResult, candidate_seed
-from ipo_cli.runs import RunFolder
+from ipo_cli.llm.models import Generation, Usage
+from ipo_cli.optimize.loop import BASELINE, LoopSettings, Optimizer, ScoreResult, candidate_seed
+from ipo_cli.optimize.run_folder import RunFolder
 
 VOCAB = ["photo", "image", "picture", "of", "a", "the", "small", "large", "vivid", "clear", "shot"]
 
@@ -118,7 +118,7 @@ def test_rejected_candidates_are_kept_with_their_reason(tmp_path):
 
 
 def test_settings_merge_saved_then_budget_then_typed():
-    from ipo_cli.job import make_request
+    from ipo_cli.optimize.job import make_request
 
     assert (make_request({"images": "x"}).steps, make_request({"images": "x"}).candidates) == (100, 5)
     light = make_request({"images": "x"}, "light")

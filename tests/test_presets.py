@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import run_ipo
-from ipo_cli import presets
+from ipo_cli.data import coop as presets
 from ipo_cli.errors import IpoError
 from servers import FakeOpenAI
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ipo_cli.errors import IpoError
-from ipo_cli.prompts import SCHEMA, parse_prompts, read_prompts, to_clip_benchmark
+from ipo_cli.data.prompts import SCHEMA, parse_prompts, read_prompts, to_clip_benchmark
 
 
 def test_list_of_templates_gives_each_and_an_ensemble():

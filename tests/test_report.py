@@ -4,7 +4,7 @@ captioner, a random-weight CLIP, real images), and word attribution on a planted
 import json
 
 from conftest import run_ipo, run_ipo_without_torch
-from ipo_cli import insight
+from ipo_cli.explain import report as insight
 from servers import FakeChatServer, FakeOpenAI
 
 KEY = "sk-report-0123456789"

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from ipo_cli import scoring
+from ipo_cli.clip import scoring
 from ipo_cli.errors import IpoError
-from ipo_cli.scoring import Prompt
+from ipo_cli.clip.scoring import Prompt
 
 
 class TableEncoder:
@@ -98,7 +98,7 @@ def test_harmonic_mean():
 def test_an_exact_tie_is_a_hit_only_for_the_class_argmax_picks():
     import numpy as np
 
-    from ipo_cli.scoring import score_embeddings
+    from ipo_cli.clip.scoring import score_embeddings
 
     text = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # classes 0 and 1 have the same text
     images = np.array([[1.0, 0.0], [1.0, 0.0]])

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import run_ipo
 from ipo_cli.errors import IpoError
-from ipo_cli.llm import OpenAIServerLLM, SamplingSettings, load_llm, unwrap_answer
+from ipo_cli.llm.models import OpenAIServerLLM, SamplingSettings, load_llm, unwrap_answer
 from servers import FakeOllama, FakeOpenAI, TrickleServer
 
 GRAMMAR = 'root ::= "<INS>" [a-z ]* "<CLASS>" [a-z ]* "</INS>"'
@@ -112,7 +112,7 @@ def test_ollama_unknown_model_and_several_models():
 
 
 def test_ollama_gets_images_as_base64():
-    from ipo_cli.describe import ServerVision, CaptionSettings
+    from ipo_cli.llm.captions import ServerVision, CaptionSettings
 
     with FakeOllama(models={"llava:7b": 4096}, reply=lambda p: "a grey shape") as ollama:
         vision = ServerVision(ollama.url + "/v1")
@@ -143,7 +143,8 @@ def test_llama_objects_get_n_gpu_layers(monkeypatch, smollm):
     """The arguments ipo passes to llama_cpp.Llama (a GPU build is not available here)."""
     import llama_cpp
 
-    from ipo_cli import hardware, llm as llm_module
+    from ipo_cli.llm import placement as hardware
+    from ipo_cli.llm import models as llm_module
 
     seen = []
     real = llama_cpp.Llama
@@ -168,7 +169,8 @@ def test_llama_objects_get_n_gpu_layers(monkeypatch, smollm):
 
 
 def test_machine_defaults_and_the_cpu_only_build_warning(monkeypatch):
-    from ipo_cli import catalogue, hardware
+    from ipo_cli.store import catalogue
+    from ipo_cli.llm import placement as hardware
 
     monkeypatch.setattr(hardware, "llama_backend", lambda: "CPU")
     monkeypatch.setattr(hardware, "torch_gpu", lambda: hardware.TorchGPU("CUDA", "NVIDIA H100", 80 * 1024**3))
@@ -237,7 +239,8 @@ def test_wrong_key_in_the_whole_command_is_one_line(tmp_path, fashion_train, cli
 
 
 def test_the_plan_names_the_defaults_for_the_machine_and_why(monkeypatch):
-    from ipo_cli import hardware, job
+    from ipo_cli.llm import placement as hardware
+    from ipo_cli.optimize import job
 
     monkeypatch.setattr(hardware, "machine", lambda: hardware.Machine("gpu", "CUDA", "llama.cpp offloads to CUDA"))
     monkeypatch.setattr(hardware, "where", lambda layers: "CUDA (all layers)")

@@ -3,7 +3,8 @@ import contextlib
 import numpy as np
 import pytest
 
-from ipo_cli import cache, vision
+from ipo_cli import cache
+from ipo_cli.clip import model as vision
 from ipo_cli.errors import IpoError
 
 PET_PROMPTS = [f"a photo of a {c}, a type of pet." for c in (
@@ -117,8 +118,8 @@ def test_reduced_precision_scores_agree_with_fp32(vitb32, fashion_train, tmp_pat
     image-text similarities the scores come from agree with fp32 within 1e-2."""
     import numpy as np
 
-    from ipo_cli import dataset as ds
-    from ipo_cli.vision import ClipModel
+    from ipo_cli.data import folders as ds
+    from ipo_cli.clip.model import ClipModel
 
     data = ds.load_dataset(fashion_train, fashion_train / "classes.txt")
     paths = data.paths[:24]
@@ -136,7 +137,7 @@ def test_reduced_precision_scores_agree_with_fp32(vitb32, fashion_train, tmp_pat
 def test_cuda_defaults_to_fp16_autocast(vitb32):
     import torch
 
-    from ipo_cli.vision import ClipModel
+    from ipo_cli.clip.model import ClipModel
 
     on_cuda = ClipModel(vitb32.spec, vitb32.model, vitb32.preprocess, vitb32.tokenizer, "cuda")
     assert on_cuda.precision == "fp16" and vitb32.precision == "fp32"
@@ -148,7 +149,7 @@ def test_cuda_defaults_to_fp16_autocast(vitb32):
 def test_threaded_decoding_keeps_order_and_reports_unreadable_files(vitb32, fashion_train, tmp_path):
     import numpy as np
 
-    from ipo_cli import dataset as ds
+    from ipo_cli.data import folders as ds
 
     data = ds.load_dataset(fashion_train, fashion_train / "classes.txt")
     broken = tmp_path / "broken.png"

@@ -98,7 +98,7 @@ def machine() -> Machine:
 
 def where(gpu_layers: int | None) -> str:
     """Where a llama.cpp model with this --gpu-layers runs, for the plan line."""
-    from ipo_cli.llm import resolve_gpu_layers
+    from ipo_cli.llm.models import resolve_gpu_layers
 
     layers = resolve_gpu_layers(gpu_layers)
     if layers == 0 or not llama_gpu_offload():

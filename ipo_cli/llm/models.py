@@ -83,7 +83,7 @@ def resolve_gpu_layers(gpu_layers: int | None) -> int:
         if gpu_layers < -1:
             raise IpoError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, not {gpu_layers}")
         return gpu_layers
-    from ipo_cli.hardware import llama_gpu_offload
+    from ipo_cli.llm.placement import llama_gpu_offload
 
     return -1 if llama_gpu_offload() else 0
 
@@ -95,7 +95,7 @@ class LlamaCppLLM:
 
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
                  identity: str | None = None, verbose: bool = False, gpu_layers: int | None = None):
-        from ipo_cli.catalogue import check_gguf
+        from ipo_cli.store.catalogue import check_gguf
 
         check_gguf(model_path)
         try:
@@ -511,7 +511,7 @@ def load_llm(model: str | None = None, url: str | None = None, url_model: str | 
         server = OpenAIServerLLM(url, url_model, n_ctx=n_ctx)
         server.detect()
         return server
-    from ipo_cli.catalogue import default_model, resolve
+    from ipo_cli.store.catalogue import default_model, resolve
 
     local = resolve(model or default_model("llm", machine).name, "llm")
     return LlamaCppLLM(local.path, n_ctx=n_ctx or local.n_ctx, n_threads=n_threads, identity=local.identity,

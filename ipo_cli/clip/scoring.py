@@ -57,7 +57,7 @@ class Prompt:
 
     def texts(self, classnames: Sequence[str]) -> list[list[str]]:
         if self.per_class is not None:
-            from ipo_cli.dataset import normalize_name
+            from ipo_cli.data.folders import normalize_name
 
             lookup = {normalize_name(k): v for k, v in self.per_class.items()}
             missing = [c for c in classnames if normalize_name(c) not in lookup]

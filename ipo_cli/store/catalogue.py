@@ -86,7 +86,7 @@ class CatalogueEntry:
 
 def _catalogue_dirs() -> list[Path]:
     """The shipped catalogue, then any folders in IPO_CATALOGUE_DIR (os.pathsep-separated)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     # An installed wheel carries models/ as ipo_cli/catalogue_data; a source checkout
     # (editable install) has it beside the package.
     dirs = [d for d in (here / "catalogue_data", here.parent / "models") if d.is_dir()][:1]

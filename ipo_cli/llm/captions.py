@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ipo_cli.cache import Store, key_of, sha256_file
-from ipo_cli.dataset import UnreadableImage, load_image
+from ipo_cli.data.folders import UnreadableImage, load_image
 from ipo_cli.errors import IpoError
 
 DEFAULT_INSTRUCTION = (
@@ -73,7 +73,7 @@ class LlamaCppVision:
 
     def __init__(self, model_path: Path, mmproj: Path, handler: str, n_ctx: int = 4096, identity: str | None = None,
                  gpu_layers: int | None = None):
-        from ipo_cli.catalogue import check_gguf
+        from ipo_cli.store.catalogue import check_gguf
 
         check_gguf(model_path)
         check_gguf(mmproj, "mmproj file")
@@ -82,7 +82,7 @@ class LlamaCppVision:
         import llama_cpp.llama_chat_format as chat_format
         from llama_cpp import Llama
 
-        from ipo_cli.llm import resolve_gpu_layers
+        from ipo_cli.llm.models import resolve_gpu_layers
 
         cls = getattr(chat_format, HANDLER_CLASSES[handler], None)
         if cls is None:
@@ -115,14 +115,14 @@ class ServerVision:
     """An OpenAI-compatible server with a multimodal model; images go as image_url parts."""
 
     def __init__(self, base_url: str, model: str | None = None, **kwargs):
-        from ipo_cli.llm import OpenAIServerLLM
+        from ipo_cli.llm.models import OpenAIServerLLM
 
         self.client = OpenAIServerLLM(base_url, model, **kwargs)
         self.client.detect()  # which server, which model: the identity captions are cached under
         self.identity = self.client.identity
 
     def describe(self, data_uri: str, settings: CaptionSettings) -> str:
-        from ipo_cli.llm import SamplingSettings
+        from ipo_cli.llm.models import SamplingSettings
 
         sampling = SamplingSettings(temperature=settings.temperature, max_tokens=settings.max_tokens)
         return self.client.generate(caption_messages(data_uri, settings.instruction), settings.seed, sampling).text
@@ -226,7 +226,7 @@ def collect_images(images: Path, classes: Path | None = None):
 
     Returns the paths, their class names (None in a flat folder) and the class names to
     redact (from --classes, or the class folders)."""
-    from ipo_cli import dataset as ds
+    from ipo_cli.data import folders as ds
 
     images = Path(images)
     if not images.is_dir():
@@ -244,11 +244,11 @@ def load_vision(model: str | None = None, mmproj: Path | None = None, handler: s
                 gpu_layers: int | None = None, machine: str = "cpu") -> VisionBackend:
     """`--lmm NAME|FILE [--mmproj FILE] [--handler H]` or `--lmm-url URL [--lmm-model NAME]`."""
     if url:
-        from ipo_cli.llm import check_url
+        from ipo_cli.llm.models import check_url
 
         check_url(url, "--lmm-url")
         return ServerVision(url, url_model)
-    from ipo_cli.catalogue import default_model, resolve
+    from ipo_cli.store.catalogue import default_model, resolve
 
     local = resolve(model or default_model("lmm", machine).name, "lmm", mmproj)
     return LlamaCppVision(local.path, local.mmproj, handler or local.handler or "mtmd",

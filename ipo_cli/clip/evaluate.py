@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ipo_cli.dataset import Dataset, base_novel_labels
+from ipo_cli.data.folders import Dataset, base_novel_labels
 from ipo_cli.errors import IpoError
-from ipo_cli.scoring import Prompt, Score, check_template, harmonic_mean, paired_bootstrap, score_prompt
+from ipo_cli.clip.scoring import Prompt, Score, check_template, harmonic_mean, paired_bootstrap, score_prompt
 
 DEFAULT_BASELINE = "a photo of a {}."
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ipo_cli import meta_prompt as mp
+from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.cache import Store, key_of
 from ipo_cli.errors import IpoError
-from ipo_cli.llm import LLM, Generation, SamplingSettings, Usage
-from ipo_cli.runs import RunFolder
+from ipo_cli.llm.models import LLM, Generation, SamplingSettings, Usage
+from ipo_cli.optimize.run_folder import RunFolder
 
 BASELINE = "a photo of a <CLASS>."
 BUDGETS = {"light": (10, 4), "medium": (30, 5), "heavy": (100, 8)}
@@ -62,7 +62,7 @@ class ClipScorer:
         self.classnames = train.dataset.classnames
 
     def score(self, template: str, split: str = "train") -> ScoreResult:
-        from ipo_cli.scoring import Prompt, score_prompt
+        from ipo_cli.clip.scoring import Prompt, score_prompt
 
         data = self.sets[split]
         s = score_prompt(self.clip, Prompt(template, [template]), self.classnames, data.embeddings, data.labels)

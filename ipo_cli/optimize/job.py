@@ -13,7 +13,7 @@ from typing import Any
 
 from ipo_cli import __version__
 from ipo_cli.errors import IpoError
-from ipo_cli.optimizer import BUDGETS, LoopSettings
+from ipo_cli.optimize.loop import BUDGETS, LoopSettings
 
 DEFAULT_BASELINE = "a photo of a {}."
 
@@ -70,7 +70,7 @@ class Request:
         ]
         if self.n_ctx is not None:
             checks.append(("--n-ctx", self.n_ctx, 256, 10_000_000))
-        from ipo_cli.llm import check_url
+        from ipo_cli.llm.models import check_url
 
         for flag, url in (("--llm-url", self.llm_url), ("--lmm-url", self.lmm_url)):
             if url:
@@ -111,7 +111,7 @@ def make_request(given: dict | Any, budget: str | None = None, saved: dict | Non
         data["steps"], data["candidates"] = BUDGETS[budget]
     dataset = given.get("dataset") or data.get("dataset")
     if dataset:
-        from ipo_cli import presets
+        from ipo_cli.data import coop as presets
 
         preset = presets.get(dataset)
         root = given.get("data_root") or data.get("data_root")
@@ -146,7 +146,7 @@ class Reporter:
     def warn(self, message: str) -> None: ...
 
     def pull(self, name: str, size: int | None) -> Any:
-        from ipo_cli import catalogue
+        from ipo_cli.store import catalogue
 
         return catalogue.pull(name)
 
@@ -155,7 +155,7 @@ class Reporter:
 
 def _ensure_pulled(name: str, kind: str, offline: bool, reporter: Reporter) -> None:
     """Pull a default model on first use, as open_clip and ollama do (not when offline)."""
-    from ipo_cli import catalogue
+    from ipo_cli.store import catalogue
 
     if name in catalogue.Manifest().load():
         return
@@ -183,7 +183,7 @@ def described_subset(request: Request, plan: dict, n_images: int) -> list[int]:
     leave out."""
     import random
 
-    from ipo_cli import catalogue
+    from ipo_cli.store import catalogue
 
     n_ctx = request.n_ctx
     if n_ctx is None and not request.llm_url:
@@ -206,7 +206,7 @@ def _sample(request: Request):
     images are the same with --select train or val."""
     import random
 
-    from ipo_cli import dataset as ds
+    from ipo_cli.data import folders as ds
 
     full = _load(request, "train")
     if len(full.classnames) < 2:
@@ -232,10 +232,10 @@ def _sample(request: Request):
 
 
 def _load(request: Request, part: str):
-    from ipo_cli import dataset as ds
+    from ipo_cli.data import folders as ds
 
     if request.dataset:
-        from ipo_cli import presets
+        from ipo_cli.data import coop as presets
 
         return presets.load(request.dataset, request.data_root, part)
     return ds.load_dataset(Path(request.images), Path(request.classes) if request.classes else None,
@@ -254,7 +254,7 @@ def _val_source(request: Request, full, train):
 
 
 def _test_set(request: Request, full):
-    from ipo_cli import dataset as ds
+    from ipo_cli.data import folders as ds
 
     if request.test_images:
         return ds.load_dataset(Path(request.test_images), Path(request.classes) if request.classes else None)
@@ -278,7 +278,8 @@ def versions() -> dict:
 
 def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
     """Which LLM and LMM run, where, and why (the defaults follow the machine)."""
-    from ipo_cli import catalogue, hardware
+    from ipo_cli.store import catalogue
+    from ipo_cli.llm import placement as hardware
 
     plan: dict[str, Any] = {}
     need_local = (not request.llm_url) or (use_lmm and not request.lmm_url)
@@ -309,10 +310,14 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     """The whole `ipo optimize`. `gpu_layers` (llama.cpp offload) and `parallel` (candidates
     in flight to a server; default: --candidates) change where and how fast, not what is
     computed, so they are not part of the run's saved settings."""
-    from ipo_cli import cache, describe, evaluate, report, vision
-    from ipo_cli.llm import load_llm
-    from ipo_cli.optimizer import ClipScorer, Optimizer
-    from ipo_cli.runs import RunFolder, compare_settings
+    from ipo_cli import cache
+    from ipo_cli.llm import captions as describe
+    from ipo_cli.clip import evaluate
+    from ipo_cli.optimize import history_md as report
+    from ipo_cli.clip import model as vision
+    from ipo_cli.llm.models import load_llm
+    from ipo_cli.optimize.loop import ClipScorer, Optimizer
+    from ipo_cli.optimize.run_folder import RunFolder, compare_settings
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
@@ -430,7 +435,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     report.write_outputs(folder, result, name, clip.identity, request.select,
                          {"run": str(folder.path), "models": models, "seed": request.seed})
     if not result.interrupted:
-        from ipo_cli import insight
+        from ipo_cli.explain import report as insight
 
         try:  # the interpretability report: plots and HTML under RUN/report/
             insight.write(insight.build(folder.path, clip=clip, train=train_set), folder.path / "report")
@@ -442,7 +447,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         test = _test_set(request, full)
         with reporter.progress("embedding test images", len(test.items)) as advance:
             test_set = evaluate.embed_dataset(clip, test, store, progress=advance)
-        from ipo_cli.prompts import parse_prompts
+        from ipo_cli.data.prompts import parse_prompts
 
         evaluation = evaluate.evaluate(clip, test_set, parse_prompts([result.best["template"]]),
                                        baseline=request.baseline or DEFAULT_BASELINE, base_novel=True,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ipo_cli.errors import IpoError
-from ipo_cli.scoring import Prompt
+from ipo_cli.clip.scoring import Prompt
 
 
 @dataclass
@@ -67,8 +67,8 @@ class Classifier:
         self.text = None
 
     def _model(self, paths: Sequence[Path] = (), need_model: bool = False):
-        from ipo_cli import vision
-        from ipo_cli.scoring import class_embeddings
+        from ipo_cli.clip import model as vision
+        from ipo_cli.clip.scoring import class_embeddings
 
         if self.clip is None or (need_model and getattr(self.clip, "warm", False)):
             clip, weights, device = self.spec
@@ -84,8 +84,8 @@ class Classifier:
     @classmethod
     def from_files(cls, prompts_file: Path | str, classes_file: Path | str, ensemble: bool = False,
                    **kwargs) -> Classifier:
-        from ipo_cli.dataset import read_classes
-        from ipo_cli.prompts import read_prompts
+        from ipo_cli.data.folders import read_classes
+        from ipo_cli.data.prompts import read_prompts
 
         prompt = choose_prompt(read_prompts(Path(prompts_file)), ensemble)
         return cls(prompt, read_classes(Path(classes_file)), **kwargs)

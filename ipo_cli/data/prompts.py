@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
-from ipo_cli.scoring import Prompt, check_template
+from ipo_cli.clip.scoring import Prompt, check_template
 
 SCHEMA = "ipo.prompts/v1"
 
@@ -106,7 +106,7 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
 
 
 def _is_cupl(data: dict) -> bool:
-    from ipo_cli.scoring import placeholder_count
+    from ipo_cli.clip.scoring import placeholder_count
 
     return all(isinstance(v, list) and v and all(isinstance(t, str) and placeholder_count(t) == 0 for t in v)
                for v in data.values())
@@ -133,6 +133,6 @@ def read_prompts(path: Path, dataset: str | None = None) -> list[Prompt]:
 
 def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
     """The CLIP_benchmark template file for these templates (`{c}` placeholders)."""
-    from ipo_cli.scoring import fill
+    from ipo_cli.clip.scoring import fill
 
     return {name: [fill(t, "{c}") for t in templates]}

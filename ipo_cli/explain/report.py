@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ipo_cli.errors import IpoError
-from ipo_cli.meta_prompt import PLACEHOLDER
+from ipo_cli.optimize.meta_prompt import PLACEHOLDER
 
 TOP_PROMPTS = 5
 
@@ -118,11 +118,13 @@ def attribute(template: str, score: Callable[[str], tuple[float, float]]) -> lis
 def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=None, train=None) -> Report:
     """Everything the report shows. `clip` and `train` (an EmbeddedSet) may be passed by a
     caller that has them loaded (the end of `ipo optimize`)."""
-    from ipo_cli import cache, evaluate, vision
-    from ipo_cli.dataset import Dataset, ImageItem
-    from ipo_cli.optimizer import rank_key
-    from ipo_cli.runs import RunFolder
-    from ipo_cli.scoring import Prompt, score_embeddings, score_prompt
+    from ipo_cli import cache
+    from ipo_cli.clip import evaluate
+    from ipo_cli.clip import model as vision
+    from ipo_cli.data.folders import Dataset, ImageItem
+    from ipo_cli.optimize.loop import rank_key
+    from ipo_cli.optimize.run_folder import RunFolder
+    from ipo_cli.clip.scoring import Prompt, score_embeddings, score_prompt
 
     folder, config = RunFolder.open(Path(run))
     records = folder.records()
@@ -163,7 +165,7 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     per_class.sort(key=lambda x: x[1])
 
     def predictions(template: str) -> np.ndarray:
-        from ipo_cli.scoring import fill
+        from ipo_cli.clip.scoring import fill
 
         text = clip.encode_texts([fill(template, c) for c in classnames])
         return np.argmax(train.embeddings @ text.T, axis=1)
@@ -200,7 +202,7 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
 
 
 def _distinct(scored: list[dict]) -> list[dict]:
-    from ipo_cli.optimizer import rank_key
+    from ipo_cli.optimize.loop import rank_key
 
     distinct, seen = [], set()
     for r in sorted(scored, key=lambda r: rank_key(r, "train")):
@@ -214,7 +216,7 @@ def _distinct(scored: list[dict]) -> list[dict]:
 
 
 def _texts_needed(best: dict, baseline: dict, scored: list[dict], classnames: list[str]) -> list[str]:
-    from ipo_cli.scoring import fill
+    from ipo_cli.clip.scoring import fill
 
     templates = [best["template"], baseline["template"], *(v for _, _, v in variants(best["template"])),
                  *(p["template"] for p in _distinct(scored))]
@@ -222,7 +224,7 @@ def _texts_needed(best: dict, baseline: dict, scored: list[dict], classnames: li
 
 
 def _ensemble(clip, templates: list[str], classnames: list[str]) -> np.ndarray:
-    from ipo_cli.scoring import Prompt, class_embeddings
+    from ipo_cli.clip.scoring import Prompt, class_embeddings
 
     return class_embeddings(clip, Prompt("ensemble", templates), classnames)
 
@@ -278,7 +280,7 @@ def plots(report: Report) -> dict[str, bytes]:
 
 def _thumbnail(path: str) -> str:
     try:
-        from ipo_cli.dataset import load_image
+        from ipo_cli.data.folders import load_image
 
         img = load_image(Path(path))
         img.thumbnail((96, 96))

@@ -3,9 +3,9 @@ history.md, prompts.json (read by `ipo eval`) and a CLIP_benchmark template file
 
 from __future__ import annotations
 
-from ipo_cli.optimizer import LoopResult
-from ipo_cli.prompts import SCHEMA, to_clip_benchmark
-from ipo_cli.runs import RunFolder
+from ipo_cli.optimize.loop import LoopResult
+from ipo_cli.data.prompts import SCHEMA, to_clip_benchmark
+from ipo_cli.optimize.run_folder import RunFolder
 
 TOP_K = 10
 

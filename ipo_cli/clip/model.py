@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipo_cli.cache import Store, key_of, sha256_file
-from ipo_cli.dataset import UnreadableImage, load_image
+from ipo_cli.data.folders import UnreadableImage, load_image
 from ipo_cli.errors import IpoError, close_matches
 
 DEFAULT_CLIP = "ViT-B-16:openai"

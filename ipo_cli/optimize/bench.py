@@ -61,7 +61,7 @@ def cells(out: Path, datasets: list[str], seeds: list[int]) -> list[Cell]:
 
 def plan(cells_: list[Cell], given: dict, budget: str | None) -> dict:
     """How many runs, LLM calls and captions the whole sweep needs (finished runs excluded)."""
-    from ipo_cli import job
+    from ipo_cli.optimize import job
 
     todo = [c for c in cells_ if not c.finished]
     llm_calls = captions = 0
@@ -77,7 +77,7 @@ def plan(cells_: list[Cell], given: dict, budget: str | None) -> dict:
 
 def run_cells(cells_: list[Cell], given: dict, budget: str | None, run_one) -> None:
     """Run or resume every unfinished cell with `run_one(request, folder, resume)`."""
-    from ipo_cli import job
+    from ipo_cli.optimize import job
 
     for cell in cells_:
         if cell.finished:
@@ -85,7 +85,7 @@ def run_cells(cells_: list[Cell], given: dict, budget: str | None, run_one) -> N
         resume = (cell.folder / "config.json").is_file()
         request = job.make_request({**given, "dataset": cell.dataset, "seed": cell.seed, "base_novel": True}, budget)
         if resume:
-            from ipo_cli.runs import RunFolder
+            from ipo_cli.optimize.run_folder import RunFolder
 
             saved = RunFolder.open(cell.folder)[1].get("request", {})
             request = job.make_request({}, None, saved)

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipo_cli.dataset import Dataset, ImageItem, load_split, read_text
+from ipo_cli.data.folders import Dataset, ImageItem, load_split, read_text
 from ipo_cli.errors import IpoError, close_matches
 
 

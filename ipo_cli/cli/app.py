@@ -1,0 +1,65 @@
+"""The `ipo` command: a thin Typer layer over the library.
+
+Each command module parses its options, calls one library function and renders the result;
+this module only assembles them. Heavy libraries are imported inside the commands, so
+`ipo --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ipo_cli import __version__
+from ipo_cli.cli import cache as cache_cmds
+from ipo_cli.cli import classify, describe, evaluate, models, optimize, report
+from ipo_cli.cli.console import out
+
+app = typer.Typer(
+    name="ipo",
+    help="Find human-readable prompts for CLIP models with a local LLM in the loop (IPO).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+cache_app = typer.Typer(help="The on-disk caches of image embeddings, captions and LLM answers.", no_args_is_help=True)
+models_app = typer.Typer(help="The local model store: list, show, pull, add, rm, path.", no_args_is_help=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ipo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """ipo: interpretable prompt optimisation for CLIP, offline."""
+
+
+app.command("optimize")(optimize.optimize_cmd)
+app.command("eval")(evaluate.eval_cmd)
+app.command("classify")(classify.classify_cmd)
+app.command("describe")(describe.describe_cmd)
+app.command("report")(report.report_cmd)
+app.command("bench")(optimize.bench_cmd)
+app.add_typer(models_app, name="models")
+app.add_typer(cache_app, name="cache")
+models_app.command("list")(models.models_list)
+models_app.command("pull")(models.models_pull)
+models_app.command("add")(models.models_add)
+models_app.command("rm")(models.models_rm)
+models_app.command("path")(models.models_path)
+cache_app.command("info")(cache_cmds.cache_info)
+cache_app.command("clear")(cache_cmds.cache_clear)
+
+
+def main() -> None:
+    """Entry point: every error is one line on stderr and a non-zero exit code."""
+    from ipo_cli.cli.errors import run
+
+    run(app)

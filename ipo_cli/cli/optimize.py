@@ -1,0 +1,255 @@
+"""`ipo optimize` and `ipo bench`: the IPO loop, and the loop over datasets and seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.text import Text
+
+from ipo_cli.cli.console import err, fail, out, progress_bar, status, warn
+from ipo_cli.cli.options import ClassesOpt, SplitOpt, ClipWeightsOpt, CacheDirOpt, DeviceOpt, JsonOpt, DatasetOpt, DataRootOpt, GpuLayersOpt
+from ipo_cli.cli.output import human_bytes
+from ipo_cli.cli.errors import SUMMARY_SHOWN, TERMINATED
+from ipo_cli.cli.models import pull_with_progress
+from ipo_cli.errors import IpoError
+
+
+# ---- ipo optimize -----------------------------------------------------------------
+
+def optimize_cmd(
+    images: Annotated[Optional[Path], typer.Argument(help="Folder with one sub-folder per class (or the image root of --split).")] = None,
+    classes: ClassesOpt = None,
+    split: SplitOpt = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class (paper: 1).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the few-shot sample and of every LLM sample.")] = None,
+    base_novel: Annotated[Optional[bool], typer.Option("--base-novel/--all-classes", help="Optimise on the base half of the classes, then report base/novel/H on held-out images.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (paper: 100).")] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="New prompts per step (paper: 5).")] = None,
+    history: Annotated[Optional[int], typer.Option("--history", min=0, help="Best earlier prompts shown to the LLM (paper: 20).")] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", min=1, help="Stop after this many steps without improvement.")] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Preset steps x candidates: light (10x4), medium (30x5), heavy (100x8).")] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="LLM: catalogue or installed name, or a GGUF file (default: the catalogue's default).")] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.")] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name to send to --llm-url.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context size for the LLM (default: the model's catalogue value).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="LLM sampling temperature (paper: 1.0).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest answer, in tokens.")] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Multimodal model for image descriptions: name, GGUF file, or none.")] = None,
+    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.")] = None,
+    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf.")] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server for descriptions.")] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (default ViT-B-16:openai), as for ipo eval.")] = None,
+    clip_weights: ClipWeightsOpt = None,
+    task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".')] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.")] = None,
+    test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).")] = None,
+    allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.")] = None,
+    dataset: DatasetOpt = None,
+    data_root: DataRootOpt = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template the --base-novel report compares with (default: CoOp's for --dataset, else 'a photo of a {}.').")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.")] = False,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Candidates of a step sent to --llm-url at once (default: --candidates); results equal a sequential run.")] = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find a better prompt template with an LLM in the loop (IPO)."""
+    import datetime as dt
+
+    from ipo_cli.optimize import job
+
+    given = job.Overrides(
+        images=_s(images), classes=_s(classes), split=_s(split), shots=shots, seed=seed, base_novel=base_novel,
+        steps=steps, candidates=candidates, history=history, patience=patience, temperature=temperature,
+        max_tokens=max_tokens, task_hint=task_hint, select=select, llm=llm, llm_url=llm_url, llm_model=llm_model,
+        n_ctx=n_ctx, lmm=lmm, mmproj=_s(mmproj), handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
+        clip_weights=_s(clip_weights), test_images=_s(test_images), allow_outside_root=allow_outside_root,
+        dataset=dataset, data_root=_s(data_root), baseline=baseline)
+    saved = None
+    if resume is not None:
+        from ipo_cli.optimize.run_folder import RunFolder
+
+        if out_dir is not None and out_dir.resolve() != resume.resolve():
+            raise IpoError(f"--resume {resume} continues that run in place; --out {out_dir} names another folder",
+                           "drop --out (or pass the same folder)")
+        saved = RunFolder.open(resume)[1].get("request", {})
+    request = job.make_request(given, budget, saved)
+    out_path = resume or out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{Path(request.images).resolve().name}"
+    reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
+    try:
+        summary = job.run(request, out_path, resume=resume is not None, force=force, offline=offline,
+                          cache_dir=cache_dir, reporter=reporter, device=device, gpu_layers=gpu_layers,
+                          parallel=parallel)
+    finally:
+        reporter.close()
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _render_summary(summary)
+    if summary["interrupted"]:
+        fail(f"stopped; continue with: ipo optimize --resume {summary['run']}")
+        SUMMARY_SHOWN[0] = True
+        raise typer.Exit(143 if TERMINATED[0] else 130)
+
+
+
+def bench_cmd(
+    data_root: Annotated[Path, typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA).")],
+    datasets: Annotated[str, typer.Option("--datasets", help="all, or a comma-separated list (e.g. DTD,EuroSAT).")] = "all",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (paper: 1,2,3).")] = "1,2,3",
+    shots: Annotated[int, typer.Option("--shots", min=1, help="Training images per class (paper: 1).")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="The bench folder: one run folder per dataset and seed, then table.md and table.json.")] = Path("runs/bench"),
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Steps x candidates of every run: light, medium, heavy (default: the paper's 100x5).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1)] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1)] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="As for ipo optimize.")] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="As for ipo optimize.")] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model")] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="As for ipo optimize (none: no descriptions).")] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url")] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (paper: ViT-B-16:openai).")] = None,
+    clip_weights: ClipWeightsOpt = None,
+    device: DeviceOpt = "auto",
+    gpu_layers: GpuLayersOpt = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The base-to-novel benchmark: an optimize run per dataset and seed, then the paper's table."""
+    from ipo_cli.optimize import bench
+    from ipo_cli.optimize import job
+    from ipo_cli.data import coop as presets
+
+    names = presets.BASE_TO_NOVEL if datasets.strip().lower() == "all" else \
+        [presets.get(n).name for n in bench.parse_list(datasets, "--datasets")]
+    seed_list = bench.parse_list(seeds, "--seeds", int)
+    given = {"data_root": str(data_root), "shots": shots, "steps": steps, "candidates": candidates, "llm": llm,
+             "llm_url": llm_url, "llm_model": llm_model, "lmm": lmm, "lmm_url": lmm_url, "lmm_model": lmm_model,
+             "clip": clip, "clip_weights": _s(clip_weights)}
+    given = {k: v for k, v in given.items() if v is not None}
+    cells = bench.cells(out_dir, names, seed_list)
+    sweep = bench.plan(cells, given, budget)
+    if not as_json:
+        err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s) = "
+                                f"{sweep['runs']} runs ({sweep['finished']} finished), up to {sweep['llm_calls_max']} "
+                                f"LLM calls and {sweep['captions_max']} image descriptions to go; folder {out_dir}"))
+
+    def run_one(request, folder, resume):
+        reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
+        try:
+            return job.run(request, folder, resume=resume, cache_dir=cache_dir, reporter=reporter, device=device,
+                           gpu_layers=gpu_layers)
+        finally:
+            reporter.close()
+
+    try:
+        bench.run_cells(cells, given, budget, run_one)
+    finally:
+        result = bench.table(cells, shots)
+        bench.write_tables(out_dir, result)
+        if result["datasets"]:
+            from ipo_cli.explain import report as insight
+
+            insight.write_bench(out_dir)
+    if as_json:
+        print(json.dumps({"plan": sweep, **result}))
+    else:
+        out.print(bench.markdown(result))
+
+
+def _s(path) -> Optional[str]:
+    return str(path) if path is not None else None
+
+
+class _OptimizeReporter:
+    """Renders the job's progress with rich: the plan, bars, and one bar over the steps."""
+
+    def __init__(self, quiet: bool, total: int):
+        self.quiet, self.total = quiet, total
+        self._steps = None
+        self._done = 0
+
+    def plan(self, plan: dict) -> None:
+        if plan.get("warning"):
+            warn(plan["warning"])
+        if self.quiet:
+            return
+        def model(role: str) -> str:
+            where = plan.get(f"{role}_where")
+            why = plan.get(f"{role}_why")
+            return f"{plan[role]}" + (f" on {where}" if where else "") + (f" ({why})" if why else "")
+
+        parallel = f", {plan['parallel']} requests in flight" if plan.get("parallel", 1) > 1 else ""
+        err.print(Text.assemble(
+            ("plan", "bold"),
+            f": {plan['train_images']} training images ({plan['shots']} per class, "
+            f"{plan['train_classes']} of {plan['classes']} classes), {plan['steps']} steps x "
+            f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls{parallel}, "
+            f"{plan['captions']} image descriptions (of {plan.get('captions_of', plan['captions'])} training "
+            f"images: what fits the LLM's context)\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
+            f"      CLIP {plan['clip']}; run folder {plan['out']}"))
+
+    def status(self, message: str):
+        import contextlib
+
+        return contextlib.nullcontext() if self.quiet else status(message)
+
+    def progress(self, description: str, total: int):
+        return progress_bar(description, total, quiet=self.quiet)
+
+    def warn(self, message: str) -> None:
+        warn(message)
+
+    def pull(self, name: str, size) -> None:
+        if not self.quiet:
+            err.print(f"pulling {name} ({human_bytes(size) if size else 'size unknown'}), needed on first use")
+        pull_with_progress(name)
+
+    def step(self, summary: dict, state) -> None:
+        if self.quiet:
+            return
+        if self._steps is None:
+            self._bar = progress_bar("optimizing", self.total)
+            self._steps = self._bar.__enter__()
+        advance, self._done = summary["step"] - self._done, summary["step"]  # resumed runs start midway
+        self._steps(advance, status=f"best {summary['best_accuracy']:.2f}% | reused {summary['reused_tokens']}"
+                              f"/{summary['prompt_tokens']} prompt tokens")
+
+    def close(self) -> None:
+        if self._steps is not None:
+            self._bar.__exit__(None, None, None)
+
+
+def _render_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="ipo optimize", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    b, base = summary["best"], summary["baseline"]
+    table.add_row("best prompt", b["template"])
+    table.add_row("train accuracy / loss", f"{b['accuracy']:.2f} / {b['loss']:.3f}")
+    table.add_row("baseline", f"{base['template']}: {base['accuracy']:.2f} / {base['loss']:.3f}")
+    table.add_row("gain", f"{summary['gain']:+.2f} points")
+    if "base_novel" in summary:
+        bn = summary["base_novel"]
+        table.add_row("test base / novel / H", f"{bn['best']['base']:.2f} / {bn['best']['novel']:.2f} / {bn['best']['hm']:.2f}"
+                      f" (baseline {bn['baseline']['hm']:.2f}; ΔH {bn['hm_delta']:+.2f} "
+                      f"[{bn['hm_delta_ci'][0]:+.2f}, {bn['hm_delta_ci'][1]:+.2f}])")
+    tokens = summary["tokens"]
+    table.add_row("steps", f"{summary['steps']}" + (" (stopped early: no improvement)" if summary["stopped_early"] else ""))
+    table.add_row("LLM calls", f"{summary['llm_calls']} ({summary['llm_calls_cached']} from cache), "
+                  f"{summary['valid_candidates']} valid prompts")
+    table.add_row("tokens", f"{tokens['prompt_tokens']} prompt ({tokens['reused_tokens']} reused), "
+                  f"{tokens['completion_tokens']} generated")
+    table.add_row("time", f"{summary['seconds']:.1f} s")
+    table.add_row("run folder", summary["run"])
+    out.print(table)

@@ -1,0 +1,73 @@
+"""`ipo report`: why the prompt works."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from ipo_cli.cli.console import out, status
+from ipo_cli.cli.options import CacheDirOpt, DeviceOpt, JsonOpt
+
+
+# ---- ipo report -------------------------------------------------------------------
+
+def report_cmd(
+    run: Annotated[Path, typer.Argument(help="A run folder of ipo optimize.")],
+    device: DeviceOpt = "auto",
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why the prompt works: the search, per-class changes, word attribution, top prompts, images."""
+    from ipo_cli.explain import report as insight
+
+    if insight.is_bench(run):
+        written = insight.write_bench(run)
+        if as_json:
+            print(json.dumps({"report": str(written)}))
+        else:
+            out.print(f"bench report written: {written}")
+        return
+    with status("scoring the run's prompts on its cached embeddings"):
+        report = insight.build(run, cache_dir, device)
+    written = insight.write(report, run / "report")
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    from rich.table import Table
+
+    b, base = report.best, report.baseline
+    out.print(Text.assemble(("final prompt: ", "bold"), b["template"],
+                            f"  (accuracy {b['accuracy']:.2f}, loss {b['loss']:.4f}; baseline {base['accuracy']:.2f}, "
+                            f"{base['loss']:.4f}; {len(report.steps) - 1} steps, {len(report.candidates) - 1} scored prompts)"))
+    words = Table(title="which words matter (dropped one at a time)")
+    for col in ("dropped", "kind", "loss change (> 0: it helps)", "accuracy change"):
+        words.add_column(col)
+    for a in report.attribution:
+        words.add_row(a.unit, a.kind, f"{a.loss_change:+.4f}", f"{a.accuracy_change:+.2f}")
+    out.print(words)
+    classes = Table(title="per class: final minus baseline training accuracy")
+    classes.add_column("class")
+    classes.add_column("change", justify="right")
+    for name, delta in report.per_class_delta:
+        classes.add_row(name, Text(f"{delta:+.1f}", style="green" if delta > 0 else "red" if delta < 0 else ""))
+    out.print(classes)
+    top = Table(title="top distinct prompts")
+    for col in ("prompt", "accuracy", "loss"):
+        top.add_column(col)
+    for p in report.top_prompts:
+        top.add_row(p["template"], f"{p['accuracy']:.2f}", f"{p['loss']:.4f}")
+    top.add_row(f"ensemble of these {len(report.ensemble['templates'])}", f"{report.ensemble['accuracy']:.2f}",
+                f"{report.ensemble['loss']:.4f}")
+    out.print(top)
+    if report.confusions:
+        confusions = Table(title="confusions that changed most (training images)")
+        for col in ("true class", "predicted as", "baseline", "final"):
+            confusions.add_column(col)
+        for c in report.confusions:
+            confusions.add_row(c["true"], c["predicted"], str(c["baseline"]), str(c["final"]))
+        out.print(confusions)
+    out.print(f"report written: {written[0]}")
