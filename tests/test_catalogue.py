@@ -5,13 +5,15 @@ from pathlib import Path
 import pytest
 
 from conftest import run_ipo
-from ipo_cli.store import catalogue
+from ipo_cli.store import hub, local
+from ipo_cli.store.entries import HANDLERS, default_model, load_catalogue
+from ipo_cli.store.pull import pull
 from ipo_cli.errors import IpoError
 from servers import FakeHub
 
 
 def test_shipped_catalogue_is_complete_and_cited():
-    entries = catalogue.load_catalogue()
+    entries = load_catalogue()
     llms = [e for e in entries.values() if e.kind == "llm"]
     lmms = [e for e in entries.values() if e.kind == "lmm"]
     assert len(llms) >= 4 and len(lmms) >= 4
@@ -21,8 +23,8 @@ def test_shipped_catalogue_is_complete_and_cited():
             defaults = [e for e in entries.values() if e.kind == kind and machine in e.default_for]
             assert len(defaults) == 1, (kind, machine)
             assert defaults[0].pinned, f"the default {kind} for a {machine} must be fully pinned"
-    assert catalogue.default_model("llm", "gpu").name == "qwen2.5-7b"
-    assert catalogue.default_model("lmm", "cpu").name == "smolvlm-500m"
+    assert default_model("llm", "gpu").name == "qwen2.5-7b"
+    assert default_model("lmm", "cpu").name == "smolvlm-500m"
     # the paper's local-model ablation ran Phi-3 with a ~5k-token meta-prompt
     assert entries["phi-3.5-mini"].n_ctx >= 6144
     for e in entries.values():
@@ -31,7 +33,7 @@ def test_shipped_catalogue_is_complete_and_cited():
         assert e.source.get("file"), f"{e.name} must name its exact file"
         assert e.note and e.license
         if e.kind == "lmm":
-            assert e.handler in catalogue.HANDLERS and e.source.get("mmproj")
+            assert e.handler in HANDLERS and e.source.get("mmproj")
     assert sum(e.pinned for e in entries.values()) >= 7
 
 
@@ -47,7 +49,7 @@ def test_add_list_path_rm_with_a_real_gguf(smollm, tmp_path):
     assert any(r["name"] == "qwen2.5-1.5b" and not r["installed"] for r in listed)
     path = run_ipo("models", "path", "smol")
     assert path.stdout.strip() == str(smollm.resolve())
-    manifest = json.loads((Path(catalogue.models_dir()) / "manifest.json").read_text())
+    manifest = json.loads((Path(local.models_dir()) / "manifest.json").read_text())
     assert manifest["models"]["smol"]["files"]["model"]["sha256"] == hashlib.sha256(smollm.read_bytes()).hexdigest()
     assert run_ipo("models", "rm", "smol").returncode == 0
     assert smollm.exists()  # a user's own file is never deleted
@@ -82,9 +84,9 @@ def test_add_refuses_bad_files(case, expect, tmp_path, smollm):
 
 def test_unknown_and_unpulled_names():
     with pytest.raises(IpoError, match="unknown model 'qwen2.5-1.6b'.*qwen2.5-1.5b"):
-        catalogue.resolve("qwen2.5-1.6b", "llm")
+        local.resolve("qwen2.5-1.6b", "llm")
     with pytest.raises(IpoError, match="not pulled yet") as info:
-        catalogue.resolve("phi-3.5-mini", "llm")
+        local.resolve("phi-3.5-mini", "llm")
     assert "ipo models pull phi-3.5-mini" in str(info.value)
 
 
@@ -115,12 +117,12 @@ def test_pull_resolves_patterns_downloads_and_verifies(tmp_path, monkeypatch):
         assert result.returncode == 0, result.stderr
         fetched = [r["path"] for r in hub.requests if r["host"] == "cdn"]
     assert sorted(Path(p).name for p in fetched) == ["mmproj-tiny-f16.gguf", "tiny-Q4_K_M.gguf"]
-    model = catalogue.Manifest().load()["tiny-vlm"]
+    model = local.Manifest().load()["tiny-vlm"]
     assert model.path.read_bytes() == files["tiny-Q4_K_M.gguf"]
     assert model.mmproj.read_bytes() == files["mmproj-tiny-f16.gguf"]
     assert model.files["model"]["verified"] and model.when
     # pulled models resolve by name and are deleted with rm
-    assert catalogue.resolve("tiny-vlm", "lmm").handler == "mtmd"
+    assert local.resolve("tiny-vlm", "lmm").handler == "mtmd"
     assert run_ipo("models", "rm", "tiny-vlm").returncode == 0 and not model.path.exists()
 
 
@@ -131,15 +133,15 @@ def test_checksum_mismatch_deletes_the_file(tmp_path, monkeypatch):
         result = run_ipo("models", "pull", "tiny-vlm")
     assert result.returncode == 2
     assert "failed its checksum" in result.stderr and "deleted" in result.stderr
-    assert not (catalogue.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf").exists()
-    assert "tiny-vlm" not in catalogue.Manifest().load()
+    assert not (local.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf").exists()
+    assert "tiny-vlm" not in local.Manifest().load()
 
 
 def test_broken_connection_is_resumed_with_a_range_request(tmp_path, monkeypatch):
     files = {"tiny-Q4_K_M.gguf": gguf_bytes(400_000, 1), "mmproj-tiny.gguf": gguf_bytes(5_000, 2)}
     with FakeHub("org/tiny-vlm-GGUF", files, drop_after=100_000, drops=1) as hub:
         hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
-        model = catalogue.pull("tiny-vlm")
+        model = pull("tiny-vlm")
         ranges = [r["range"] for r in hub.requests if r["range"] and r["host"] == "cdn"]
     assert ranges == ["bytes=100000-"]
     assert model.path.read_bytes() == files["tiny-Q4_K_M.gguf"]
@@ -147,7 +149,7 @@ def test_broken_connection_is_resumed_with_a_range_request(tmp_path, monkeypatch
 
 def test_killed_download_resumes_from_the_part_file(tmp_path, monkeypatch):
     files = {"tiny-Q4_K_M.gguf": gguf_bytes(200_000, 1), "mmproj-tiny.gguf": gguf_bytes(5_000, 2)}
-    part = catalogue.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf.part"
+    part = local.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(files["tiny-Q4_K_M.gguf"][:123_456])  # what a killed process left
     with FakeHub("org/tiny-vlm-GGUF", files) as hub:
@@ -173,7 +175,7 @@ def test_pattern_matching_several_files_resolves_and_is_reported(tmp_path, monke
     with FakeHub("org/tiny-vlm-GGUF", files) as hub:
         hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
         said = []
-        model = catalogue.pull("tiny-vlm", notify=said.append)
+        model = pull("tiny-vlm", notify=said.append)
     assert model.path.name == "a-Q4_K_M.gguf"
     assert any("a-Q4_K_M.gguf, b-Q4_K_M.gguf; chose a-Q4_K_M.gguf" in m for m in said)
 
@@ -189,11 +191,11 @@ def test_installed_wheel_carries_the_catalogue(tmp_path):
     wheel = next((tmp_path / "dist").glob("*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True)
-    code = "import ipo_cli.store.catalogue as c; print(c.__file__); print(len(c.load_catalogue()))"
+    code = "import ipo_cli.store.entries as c; print(c.__file__); print(len(c.load_catalogue()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"}).stdout.split()
     assert out[0].startswith(str(tmp_path / "site"))
-    assert int(out[1]) == len(list((root / "models").glob("*.json"))) == len(catalogue.load_catalogue())
+    assert int(out[1]) == len(list((root / "models").glob("*.json"))) == len(load_catalogue())
 
 
 # ---- the catalogue against the real hub's listings -------------------------------------
@@ -237,7 +239,7 @@ def stand_in_catalogue(tmp_path, monkeypatch, hub_url, change=None) -> dict:
 
 
 def test_catalogue_pins_agree_with_the_real_listings():
-    for e in catalogue.load_catalogue().values():
+    for e in load_catalogue().values():
         listing = LISTINGS.get(f"{e.repo}@{e.revision}")
         assert listing is not None, f"{e.name}: no listing of {e.repo}@{e.revision}"
         for role in ("model", "mmproj") if e.kind == "lmm" else ("model",):
@@ -254,7 +256,7 @@ def test_every_catalogue_entry_pulls_its_exact_files(tmp_path, monkeypatch):
         entries = stand_in_catalogue(tmp_path, monkeypatch, hub.url)
         for name, entry in entries.items():
             said = []
-            model = catalogue.pull(name, notify=said.append)
+            model = pull(name, notify=said.append)
             assert model.path.name == entry["source"]["file"]
             assert model.path.read_bytes() == stand_in(entry["source"]["file"])
             if entry["kind"] == "lmm":
@@ -292,16 +294,16 @@ def test_an_ambiguous_pattern_resolves_by_preference_and_says_so(tmp_path, monke
     assert result.returncode == 0, result.stderr
     assert "chose Qwen2.5-VL-3B-Instruct-Q4_K_M.gguf" in result.stderr
     assert "chose mmproj-Qwen2.5-VL-3B-Instruct-Q8_0.gguf" in result.stderr
-    model = catalogue.Manifest().load()["qwen2.5-vl-3b"]
+    model = local.Manifest().load()["qwen2.5-vl-3b"]
     assert model.mmproj.name == "mmproj-Qwen2.5-VL-3B-Instruct-Q8_0.gguf"
     assert model.files["model"]["verified"] == "hub"
 
 
 def test_preference_order():
-    assert catalogue.prefer(["m-f16.gguf", "m-Q8_0.gguf", "m-Q4_K_M.gguf"], "model") == "m-Q4_K_M.gguf"
-    assert catalogue.prefer(["mmproj-f16.gguf", "mmproj-Q8_0.gguf"], "mmproj") == "mmproj-Q8_0.gguf"
-    assert catalogue.prefer(["mmproj-f32.gguf", "mmproj-model-f16.gguf"], "mmproj") == "mmproj-model-f16.gguf"
-    assert catalogue.prefer(["b.gguf", "a.gguf"], "model") == "a.gguf"
+    assert hub.prefer(["m-f16.gguf", "m-Q8_0.gguf", "m-Q4_K_M.gguf"], "model") == "m-Q4_K_M.gguf"
+    assert hub.prefer(["mmproj-f16.gguf", "mmproj-Q8_0.gguf"], "mmproj") == "mmproj-Q8_0.gguf"
+    assert hub.prefer(["mmproj-f32.gguf", "mmproj-model-f16.gguf"], "mmproj") == "mmproj-model-f16.gguf"
+    assert hub.prefer(["b.gguf", "a.gguf"], "model") == "a.gguf"
 
 
 def test_gated_repo_needs_the_token_which_never_reaches_the_cdn_or_disk(tmp_path, monkeypatch):
@@ -319,7 +321,7 @@ def test_gated_repo_needs_the_token_which_never_reaches_the_cdn_or_disk(tmp_path
         hub_auth = {r["auth"] for r in hub.requests if r["host"] == "hub"}
         cdn_auth = {r["auth"] for r in hub.requests if r["host"] == "cdn"}
     assert f"Bearer {token}" in hub_auth and cdn_auth == {None}
-    for path in Path(catalogue.home()).rglob("*"):
+    for path in Path(local.home()).rglob("*"):
         if path.is_file():
             assert token.encode() not in path.read_bytes(), path
     assert token not in pulled.stdout + pulled.stderr
@@ -333,6 +335,11 @@ def test_a_stored_login_token_is_used(tmp_path, monkeypatch):
     with FakeHub("org/tiny-vlm-GGUF", files, gated=True, token=token) as hub:
         hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
         monkeypatch.delenv("HF_TOKEN", raising=False)
+        # huggingface_hub reads HF_HOME once, when it is imported (constants.HF_TOKEN_PATH), and an
+        # earlier in-process test may have imported it already: point its constant there too.
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
         result = run_ipo("models", "pull", "tiny-vlm", env={"HF_HOME": str(tmp_path / "hf-home")})
     assert result.returncode == 0, result.stderr
 
@@ -356,7 +363,7 @@ def test_a_file_in_the_hugging_face_cache_is_used_in_place(tmp_path, monkeypatch
         downloads = [r for r in hub.requests if r["host"] == "cdn"]
     assert result.returncode == 0, result.stderr
     assert "from your Hugging Face cache" in result.stderr and downloads == []
-    model = catalogue.Manifest().load()["smolvlm-500m"]
+    model = local.Manifest().load()["smolvlm-500m"]
     assert model.path == snap / entry["source"]["file"]
     assert run_ipo("models", "rm", "smolvlm-500m").returncode == 0
     assert (snap / entry["source"]["file"]).exists()  # the user's hub cache is never deleted
@@ -392,7 +399,7 @@ def test_two_pulls_of_the_same_file_wait_for_each_other(tmp_path, monkeypatch):
     assert [p.returncode for p in procs] == [0, 0], outs
     assert any("waiting" in err for _, err in outs)
     assert len(model_gets) == 1  # the second found the finished file
-    assert catalogue.Manifest().load()["tiny-vlm"].path.read_bytes() == files["tiny-Q4_K_M.gguf"]
+    assert local.Manifest().load()["tiny-vlm"].path.read_bytes() == files["tiny-Q4_K_M.gguf"]
 
 
 def test_a_hub_listing_without_sha256_is_not_installed(tmp_path, monkeypatch):
@@ -401,7 +408,7 @@ def test_a_hub_listing_without_sha256_is_not_installed(tmp_path, monkeypatch):
         hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
         result = run_ipo("models", "pull", "tiny-vlm")
     assert result.returncode == 2 and "no valid sha256" in result.stderr
-    assert not (catalogue.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf").exists()
+    assert not (local.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf").exists()
 
 
 def test_a_pinned_model_in_the_hf_cache_needs_no_hub(tmp_path, monkeypatch):
@@ -416,4 +423,4 @@ def test_a_pinned_model_in_the_hf_cache_needs_no_hub(tmp_path, monkeypatch):
         (snap / entry["source"][key]).write_bytes(stand_in(entry["source"][key]))
     result = run_ipo("models", "pull", "smolvlm-500m")
     assert result.returncode == 0, result.stderr
-    assert catalogue.Manifest().load()["smolvlm-500m"].files["mmproj"]["verified"] == "catalogue"
+    assert local.Manifest().load()["smolvlm-500m"].files["mmproj"]["verified"] == "catalogue"

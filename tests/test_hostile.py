@@ -259,9 +259,9 @@ def test_prompt_file_not_utf8(tmp_path, small):
     (b'{"models": {"\xff": 1}}', "corrupt"), ('{"models": []}', "corrupt"),
 ])
 def test_damaged_manifest(content, needle):
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import local
 
-    path = catalogue.models_dir() / "manifest.json"
+    path = local.models_dir() / "manifest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     user_error(run_ipo("models", "list"), needle)

@@ -169,7 +169,7 @@ def test_llama_objects_get_n_gpu_layers(monkeypatch, smollm):
 
 
 def test_machine_defaults_and_the_cpu_only_build_warning(monkeypatch):
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import entries
     from ipo_cli.llm import placement as hardware
 
     monkeypatch.setattr(hardware, "llama_backend", lambda: "CPU")
@@ -179,7 +179,7 @@ def test_machine_defaults_and_the_cpu_only_build_warning(monkeypatch):
     monkeypatch.setattr(hardware, "llama_backend", lambda: "CUDA")
     found = hardware.machine()
     assert found.kind == "gpu" and found.warning is None
-    assert catalogue.default_model("llm", found.kind).name == "qwen2.5-7b"
+    assert entries.default_model("llm", found.kind).name == "qwen2.5-7b"
     monkeypatch.setattr(hardware, "torch_gpu", lambda: hardware.TorchGPU("CUDA", "small", 4 * 1024**3))
     assert hardware.machine().kind == "cpu"
     monkeypatch.setattr(hardware, "llama_backend", lambda: "Metal")

@@ -19,15 +19,15 @@ from ipo_cli.errors import IpoError
 
 def models_list(as_json: JsonOpt = False) -> None:
     """Catalogue and local models, installed or not, with sizes."""
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import local, pull
 
-    rows = catalogue.list_models()
+    rows = pull.list_models()
     if as_json:
         print(json.dumps([r.__dict__ for r in rows]))
         return
     from rich.table import Table
 
-    table = Table(title=f"models (store: {catalogue.models_dir()})")
+    table = Table(title=f"models (store: {local.models_dir()})")
     for col in ("name", "kind", "installed", "size", "handler", "pinned"):
         table.add_column(col, no_wrap=True)
     table.add_column("when to choose it", overflow="fold")
@@ -46,10 +46,10 @@ def models_pull(name: Annotated[str, typer.Argument(help="A catalogue name (see 
 
 
 def pull_with_progress(name: str):
-    """catalogue.pull with a download bar per file; the bars start with the first byte."""
+    """store.pull.pull with a download bar per file; the bars start with the first byte."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import pull
 
     progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=err)
@@ -70,7 +70,7 @@ def pull_with_progress(name: str):
         progress.console.print(message)
 
     try:
-        return catalogue.pull(name, factory, notify)
+        return pull.pull(name, factory, notify)
     finally:
         if progress.live.is_started:
             progress.stop()
@@ -87,29 +87,29 @@ def models_add(
     force: Annotated[bool, typer.Option("--force", help="Replace an installed model of that name, or shadow a catalogue name.")] = False,
 ) -> None:
     """Register a GGUF file you already have."""
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import local
 
-    model = catalogue.add_model(name, file, kind, mmproj, handler, n_ctx, force)
+    model = local.add_model(name, file, kind, mmproj, handler, n_ctx, force)
     out.print(f"added {name} ({model.kind}, {human_bytes(sum(f['size'] for f in model.files.values()))})")
 
 
 
 def models_rm(name: Annotated[str, typer.Argument(help="An installed model.")]) -> None:
     """Forget a model; files that ipo downloaded are deleted, files you added are kept."""
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import local
 
-    model = catalogue.remove(name)
+    model = local.remove(name)
     out.print(f"removed {name}" + (" and its files" if model.source == "catalogue" else " (your files are kept)"))
 
 
 
 def models_path(name: Annotated[str, typer.Argument(help="An installed model.")]) -> None:
     """Print the path of an installed model's GGUF file (and its projector)."""
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import local
 
-    model = catalogue.Manifest().load().get(name)
+    model = local.Manifest().load().get(name)
     if model is None:
-        catalogue.resolve(name, "llm")  # raises the right error: not pulled yet, or unknown
+        local.resolve(name, "llm")  # raises the right error: not pulled yet, or unknown
         raise IpoError(f"{name} is a file, not an installed model name", "see: ipo models list")
     print(model.path)
     if model.mmproj:

@@ -73,7 +73,7 @@ class LlamaCppVision:
 
     def __init__(self, model_path: Path, mmproj: Path, handler: str, n_ctx: int = 4096, identity: str | None = None,
                  gpu_layers: int | None = None):
-        from ipo_cli.store.catalogue import check_gguf
+        from ipo_cli.store.local import check_gguf
 
         check_gguf(model_path)
         check_gguf(mmproj, "mmproj file")
@@ -248,7 +248,8 @@ def load_vision(model: str | None = None, mmproj: Path | None = None, handler: s
 
         check_url(url, "--lmm-url")
         return ServerVision(url, url_model)
-    from ipo_cli.store.catalogue import default_model, resolve
+    from ipo_cli.store.entries import default_model
+    from ipo_cli.store.local import resolve
 
     local = resolve(model or default_model("lmm", machine).name, "lmm", mmproj)
     return LlamaCppVision(local.path, local.mmproj, handler or local.handler or "mtmd",

@@ -95,7 +95,7 @@ class LlamaCppLLM:
 
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
                  identity: str | None = None, verbose: bool = False, gpu_layers: int | None = None):
-        from ipo_cli.store.catalogue import check_gguf
+        from ipo_cli.store.local import check_gguf
 
         check_gguf(model_path)
         try:
@@ -511,7 +511,8 @@ def load_llm(model: str | None = None, url: str | None = None, url_model: str | 
         server = OpenAIServerLLM(url, url_model, n_ctx=n_ctx)
         server.detect()
         return server
-    from ipo_cli.store.catalogue import default_model, resolve
+    from ipo_cli.store.entries import default_model
+    from ipo_cli.store.local import resolve
 
     local = resolve(model or default_model("llm", machine).name, "llm")
     return LlamaCppLLM(local.path, n_ctx=n_ctx or local.n_ctx, n_threads=n_threads, identity=local.identity,

@@ -146,21 +146,21 @@ class Reporter:
     def warn(self, message: str) -> None: ...
 
     def pull(self, name: str, size: int | None) -> Any:
-        from ipo_cli.store import catalogue
+        from ipo_cli.store.pull import pull
 
-        return catalogue.pull(name)
+        return pull(name)
 
     def step(self, summary: dict, state) -> None: ...
 
 
 def _ensure_pulled(name: str, kind: str, offline: bool, reporter: Reporter) -> None:
     """Pull a default model on first use, as open_clip and ollama do (not when offline)."""
-    from ipo_cli.store import catalogue
+    from ipo_cli.store import entries, hub, local
 
-    if name in catalogue.Manifest().load():
+    if name in local.Manifest().load():
         return
-    entry = catalogue.load_catalogue()[name]
-    if offline or catalogue.offline():
+    entry = entries.load_catalogue()[name]
+    if offline or hub.offline():
         raise IpoError(f"the default {kind} {name!r} is not installed and ipo is offline",
                        f"run: ipo models pull {name} (when online), or pass --{kind} FILE.gguf")
     reporter.pull(name, entry.size)
@@ -183,11 +183,11 @@ def described_subset(request: Request, plan: dict, n_images: int) -> list[int]:
     leave out."""
     import random
 
-    from ipo_cli.store import catalogue
+    from ipo_cli.store.entries import load_catalogue
 
     n_ctx = request.n_ctx
     if n_ctx is None and not request.llm_url:
-        entry = catalogue.load_catalogue().get(plan.get("llm", ""))
+        entry = load_catalogue().get(plan.get("llm", ""))
         n_ctx = entry.n_ctx if entry else None
     n_ctx = n_ctx or 8192
     room = n_ctx - request.max_tokens - 16 - META_OVERHEAD - min(request.history, HISTORY_RESERVED) * HISTORY_ITEM_TOKENS
@@ -278,8 +278,8 @@ def versions() -> dict:
 
 def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
     """Which LLM and LMM run, where, and why (the defaults follow the machine)."""
-    from ipo_cli.store import catalogue
     from ipo_cli.llm import placement as hardware
+    from ipo_cli.store.entries import default_model
 
     plan: dict[str, Any] = {}
     need_local = (not request.llm_url) or (use_lmm and not request.lmm_url)
@@ -297,7 +297,7 @@ def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
         elif url:
             plan[role], plan[f"{role}_where"] = url, "server"
         else:
-            plan[role] = given or catalogue.default_model(role, found.kind).name
+            plan[role] = given or default_model(role, found.kind).name
             plan[f"{role}_where"] = where
             if not given:
                 plan[f"{role}_why"] = f"default for a {found.kind} machine: {found.why}"
