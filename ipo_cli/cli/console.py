@@ -11,20 +11,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from rich.console import Console
 from rich.text import Text
 
-out = Console(soft_wrap=True, markup=False, highlight=False)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
+from ipo_cli.gates.text import terminal_console, terminal_safe
+
+# Every character printed passes the text-out gate (control characters and bidi overrides
+# shown escaped): see ipo_cli/gates/text.py.
+out = terminal_console(soft_wrap=True, markup=False, highlight=False)
+err = terminal_console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
 
 def warn(message: str) -> None:
     """The message is plain text: brackets in paths, names or prompts print as they are."""
-    err.print(Text.assemble(("warning:", "yellow"), " ", str(message)), highlight=False)
+    err.print(Text.assemble(("warning:", "yellow"), " ", terminal_safe(message)), highlight=False)
 
 
 def fail(message: str) -> None:
-    err.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False)
+    err.print(Text.assemble(("error:", "bold red"), " ", terminal_safe(message)), highlight=False)
 
 
 @contextlib.contextmanager

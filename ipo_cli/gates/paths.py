@@ -1,0 +1,190 @@
+"""Paths: the one check for paths a user passes, the one atomic writer for files ipo
+writes where the user said (--out), the one test for what ipo may delete, and OSError
+worded by what it is.
+
+A path with a NUL byte, a name over NAME_MAX or a path over PATH_MAX is a one-line error
+before the OS is asked; a FIFO, a device or a socket is named as what it is (reading one
+would block or read forever; writing one would replace a system file when run as root).
+`--out` is written only as a regular file, never through a symbolic link.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from ipo_cli.errors import IpoError
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return int(os.pathconf("/", name))
+    except (OSError, ValueError, AttributeError):
+        return default
+
+
+NAME_MAX = _limit("PC_NAME_MAX", 255)  # bytes in one path component (Linux: 255)
+PATH_MAX = _limit("PC_PATH_MAX", 4096)  # bytes in a whole path (Linux: 4096)
+
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "the disk quota is exceeded",
+    errno.ENAMETOOLONG: "a name in the path is too long",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOTDIR: "a part of the path is not a folder",
+    errno.EISDIR: "it is a folder",
+    errno.ENOENT: "no such file or folder",
+    errno.EROFS: "the file system is read-only",
+    errno.ELOOP: "too many symbolic links",
+    errno.EEXIST: "it already exists",
+    errno.EMFILE: "too many open files",
+    errno.EIO: "input/output error",
+    errno.EXDEV: "it is on another device",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """What an OSError is, in words ("no space left on the device")."""
+    return _REASONS.get(exc.errno or -1) or (exc.strerror or type(exc).__name__)
+
+
+def os_error(exc: OSError, context: str, hint: str | None = None) -> IpoError:
+    """`context` ("cannot write --out x.json") with what went wrong and the path involved."""
+    path = exc.filename if exc.filename is not None else None
+    where = f" ({path})" if path is not None and str(path) not in context else ""
+    if hint is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space and run the same command again"
+    return IpoError(f"{context}: {describe_os_error(exc)}{where}", hint)
+
+
+def special_kind(mode: int) -> str | None:
+    """'a FIFO', 'a device', 'a socket' for such a file mode, else None."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return None
+
+
+def check_name(path: Path | str, what: str) -> Path:
+    """Refuse what no OS call could take: NUL bytes, a name or a path too long."""
+    text = os.fspath(path)
+    if "\0" in text:
+        raise IpoError(f"{what} {text!r} holds a NUL byte", "no file name can hold one; check the path")
+    try:
+        encoded = os.fsencode(text)
+    except UnicodeEncodeError:
+        raise IpoError(f"{what} {text!r} cannot be encoded as a file name on this system") from None
+    if len(encoded) >= PATH_MAX:
+        raise IpoError(f"{what} is {len(encoded)} bytes long, over the system's limit of {PATH_MAX - 1} "
+                       f"(it starts {text[:60]!r})", "use a shorter path")
+    for part in encoded.split(b"/"):
+        if len(part) > NAME_MAX:
+            raise IpoError(f"{what}: the name {os.fsdecode(part)[:40]!r}... is {len(part)} bytes long, "
+                           f"over the system's limit of {NAME_MAX}", "use a shorter name")
+    return Path(text)
+
+
+def check_path(path: Path | str, what: str, must_exist: bool = False, kind: str | None = None) -> Path:
+    """A path to read: its name checked, then (when it exists) that it is no special file
+    and is of `kind` ("file" or "dir"). Returns it as a Path."""
+    path = check_name(path, what)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        if must_exist:
+            raise IpoError(f"{what} {path} does not exist") from None
+        return path
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR and not must_exist:
+            return path
+        raise os_error(exc, f"cannot use {what} {path}") from None
+    special = special_kind(info.st_mode)
+    if special:
+        raise IpoError(f"{what} {path} is {special}, not a {'folder' if kind == 'dir' else 'file'}")
+    if kind == "file" and stat.S_ISDIR(info.st_mode):
+        raise IpoError(f"{what} {path} is a folder, not a file")
+    if kind == "dir" and not stat.S_ISDIR(info.st_mode):
+        raise IpoError(f"{what} {path} is a file, not a folder")
+    return path
+
+
+def check_out_file(path: Path | str, what: str = "--out") -> Path:
+    """A file ipo will write: a regular file or nothing yet; never a symbolic link (it could
+    point anywhere), a device, a FIFO or a socket."""
+    path = check_name(path, what)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        raise os_error(exc, f"cannot use {what} {path}") from None
+    if info is not None:
+        if stat.S_ISLNK(info.st_mode):
+            raise IpoError(f"{what} {path} is a symbolic link; ipo writes only regular files",
+                           "name the file itself, or another path")
+        special = special_kind(info.st_mode)
+        if special:
+            raise IpoError(f"{what} {path} is {special}; ipo writes only regular files", "name a file")
+        if stat.S_ISDIR(info.st_mode):
+            raise IpoError(f"{what} {path} is a folder", "name a file, e.g. --out results.json")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise IpoError(f"{what} {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+def check_out_folder(path: Path | str, what: str = "--out") -> Path:
+    """A folder ipo will write into: never a symbolic link, a device or a FIFO."""
+    path = check_name(path, what)
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise os_error(exc, f"cannot use {what} {path}") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise IpoError(f"{what} {path} is a symbolic link; ipo writes its folders only as real folders",
+                       "name the folder itself, or another path")
+    special = special_kind(info.st_mode)
+    if special:
+        raise IpoError(f"{what} {path} is {special}, not a folder")
+    return path
+
+
+def write_text_atomic(path: Path | str, text: str, what: str = "--out") -> None:
+    """Write `text` to `path` in one step: a fresh temporary file in the same folder
+    (created exclusively, so no link is followed), flushed to disk, renamed over `path`.
+    A reader sees the old file or the new one, never half of it."""
+    path = check_out_file(path, what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise os_error(exc, f"cannot write {what} {path}") from None
+
+
+def inside(path: Path | str, root: Path | str) -> bool:
+    """Whether `path`, all links resolved, lies inside `root` (itself resolved): the test
+    before ipo deletes anything."""
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, ValueError, RuntimeError):
+        return False
