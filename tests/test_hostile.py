@@ -256,7 +256,7 @@ def test_prompt_file_not_utf8(tmp_path, small):
 
 @pytest.mark.parametrize("content, needle", [
     ("[]", "corrupt"), ('{"models": {"m": {"kind": "llm", "files": {}}}}', "no model file record"),
-    (b'{"models": {"\xff": 1}}', "corrupt"), ('{"models": []}', "corrupt"),
+    (b'{"models": {"\xff": 1}}', "not UTF-8 (byte 13"), ('{"models": []}', "corrupt"),
 ])
 def test_damaged_manifest(content, needle):
     from ipo_cli.store import local

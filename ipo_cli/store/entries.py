@@ -11,7 +11,6 @@ store/hub.py), and `pull` says which file it chose.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
 
 HANDLERS = ("llava-1-5", "llava-1-6", "moondream", "nanollava", "minicpm-v-2.6", "qwen2.5-vl", "mtmd")
 # How a pattern that matches several files resolves: the first quantisation named here
@@ -122,10 +122,7 @@ def load_catalogue() -> dict[str, CatalogueEntry]:
     entries: dict[str, CatalogueEntry] = {}
     for folder in _catalogue_dirs():
         for path in sorted(folder.glob("*.json")):
-            try:
-                data = json.loads(path.read_bytes().decode("utf-8"))
-            except (ValueError, UnicodeDecodeError, OSError) as exc:
-                raise IpoError(f"catalogue file {path} is malformed: {exc}") from None
+            data = json_in.read_json(path, "catalogue file")
             problem = _entry_problem(data)
             if problem:
                 raise IpoError(f"catalogue file {path} is malformed: {problem}")

@@ -7,22 +7,26 @@ own host only, never to the CDN a download is redirected to, and never written a
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import http, json_in
 from ipo_cli.store.entries import MMPROJ_PREFERENCE, MODEL_PREFERENCE, SHA256_HEX, CatalogueEntry
 
 
 def endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or "@" in parts.netloc:
+        raise IpoError(f"HF_ENDPOINT {http.scrub(url)!r} is not an http(s) address without credentials",
+                       "unset it, or set it to e.g. https://huggingface.co")
+    return url
 
 
 def offline() -> bool:
@@ -44,29 +48,15 @@ def hub_token() -> str | None:
         return None
 
 
-class _HubRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects, but drop the Authorization header when one leaves the hub's host:
-    the hub sends downloads to a CDN that must never see the user's token (huggingface_hub
-    does the same)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        new = super().redirect_request(req, fp, code, msg, headers, newurl)
-        if new is not None and urllib.parse.urlsplit(newurl).netloc != urllib.parse.urlsplit(endpoint()).netloc:
-            for name in list(new.headers):
-                if name.lower() == "authorization":
-                    del new.headers[name]
-        return new
-
-
-opener = urllib.request.build_opener(_HubRedirects)
-
-
-def hub_request(url: str, headers: dict[str, str] | None = None) -> urllib.request.Request:
-    headers = {"User-Agent": "ipo-cli", **(headers or {})}
+def hub_open(url: str, headers: dict[str, str] | None = None, timeout: float = 60):
+    """An open response from the hub through the HTTP gate (gates/http.py): the token goes
+    to the hub's own origin only, never to the CDN a download is redirected to (as
+    huggingface_hub does), and is checked before it is put in a header."""
     token = hub_token()
-    if token and urllib.parse.urlsplit(url).netloc == urllib.parse.urlsplit(endpoint()).netloc:
-        headers["Authorization"] = f"Bearer {token}"
-    return urllib.request.Request(url, headers=headers)
+    auth = None
+    if token and http.same_origin(url, endpoint()):
+        auth = {"Authorization": f"Bearer {http.check_key(token, 'the hub token (HF_TOKEN)')}"}
+    return http.open_url(url, headers={"User-Agent": "ipo-cli", **(headers or {})}, auth=auth, timeout=timeout)
 
 
 def hub_http_error(exc: urllib.error.HTTPError, repo: str, revision: str, what: str) -> IpoError:
@@ -100,8 +90,8 @@ class RemoteFile:
 
 def _http_json(url: str, repo: str, revision: str, timeout: float = 30) -> Any:
     try:
-        with opener.open(hub_request(url), timeout=timeout) as response:
-            return json.loads(response.read())
+        with hub_open(url, timeout=timeout) as response:
+            return json_in.loads(http.read_capped(response, what="the hub's file list"), f"the hub's file list {url}")
     except urllib.error.HTTPError as exc:
         raise hub_http_error(exc, repo, revision, "the file list") from None
 
@@ -123,7 +113,7 @@ def remote_files(entry: CatalogueEntry) -> list[RemoteFile]:
     url = f"{endpoint()}/api/models/{entry.repo}/tree/{urllib.parse.quote(entry.revision, safe='')}?recursive=true"
     try:
         listing = _http_json(url, entry.repo, entry.revision)
-    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+    except (urllib.error.URLError, OSError) as exc:
         raise _network_error(entry.name, exc) from None
     if not isinstance(listing, list):
         raise IpoError(f"the hub's file list of {entry.repo}@{entry.revision} is not a list", "is HF_ENDPOINT a hub?")
@@ -172,6 +162,6 @@ def _network_error(name: str, exc: Exception) -> IpoError:
     if isinstance(exc, IpoError):
         return exc
     return IpoError(
-        f"could not reach the model hub at {endpoint()} to pull {name!r}: {getattr(exc, 'reason', exc)}",
+        f"could not reach the model hub at {endpoint()} to pull {name!r}: {http.scrub(getattr(exc, 'reason', exc))}",
         "check the connection (or HF_ENDPOINT) and run the same command again; finished parts are kept",
     )

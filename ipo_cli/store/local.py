@@ -17,6 +17,7 @@ from typing import Any
 
 from ipo_cli.cache import sha256_file
 from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.gates import json_in, paths
 from ipo_cli.store.entries import HANDLERS, check_name, load_catalogue
 
 GGUF_MAGIC = b"GGUF"
@@ -71,10 +72,7 @@ class Manifest:
         if not self.path.is_file():
             return {}
         hint = "fix or delete it, then pull or add the models again"
-        try:
-            data = json.loads(self.path.read_bytes().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, OSError) as exc:
-            raise IpoError(f"model manifest {self.path} is corrupt: {exc}", hint) from None
+        data = json_in.read_json(self.path, "model manifest", hint)
         if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
             raise IpoError(f"model manifest {self.path} is corrupt: not {{\"models\": {{...}}}}", hint)
         models = {}
@@ -239,7 +237,10 @@ def remove(name: str) -> LocalModel:
     model = Manifest().remove(name)
     if model.source == "catalogue":
         for record in model.files.values():
-            if record.get("from") != "hf-cache":
+            # Only a file inside ipo's own store is ipo's to delete (gates/paths.py `inside`):
+            # a manifest entry naming any other path (edited, planted) deletes nothing.
+            if record.get("from") != "hf-cache" and paths.inside(record["path"], models_dir()) \
+                    and Path(record["path"]).is_file():
                 Path(record["path"]).unlink(missing_ok=True)
         folder = models_dir() / name
         if folder.is_dir() and not any(folder.iterdir()):

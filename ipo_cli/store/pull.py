@@ -21,7 +21,7 @@ from typing import Any
 from ipo_cli.cache import sha256_file
 from ipo_cli.errors import IpoError, close_matches
 from ipo_cli.store.entries import MMPROJ_PREFERENCE, MODEL_PREFERENCE, load_catalogue
-from ipo_cli.store.hub import (RemoteFile, endpoint, hub_http_error, hub_request, offline, opener,
+from ipo_cli.store.hub import (RemoteFile, endpoint, hub_http_error, hub_open, offline,
                                remote_files)
 from ipo_cli.store.local import LocalModel, Manifest, find_in_hf_cache, hf_cache_dir, models_dir, now
 
@@ -40,7 +40,7 @@ def download(url: str, dest: Path, expected_size: int | None, progress: Callable
         if have:
             headers["Range"] = f"bytes={have}-"
         try:
-            with opener.open(hub_request(url, headers), timeout=60) as response:
+            with hub_open(url, headers, timeout=60) as response:
                 if have and response.status != 206:  # the server ignored Range: start again
                     have = 0
                     part.unlink(missing_ok=True)
