@@ -38,7 +38,7 @@ def smollm_path() -> Path:
 
 
 def bench_prefix(llm) -> None:
-    from ipo_cli.llm.models import SamplingSettings
+    from ipo_cli.llm.base import SamplingSettings
 
     filler = " ".join(f"Image_{i}: a grey photo of an item with straps, seams and a plain background." for i in range(200))
     shared = [{"role": "system", "content": "You write prompts for an image classifier.\n" + filler}]
@@ -68,7 +68,7 @@ def bench_describe(llm, work: Path) -> None:
 
     from ipo_cli import cache
     from ipo_cli.llm import captions as describe
-    from ipo_cli.llm.models import SamplingSettings
+    from ipo_cli.llm.base import SamplingSettings
 
     images = export(work / "images", "test", per_class=2)
     paths = sorted(images.rglob("*.png"))
@@ -94,7 +94,7 @@ def bench_describe(llm, work: Path) -> None:
 def bench_parallel(work: Path, latency: float = 0.5, candidates: int = 5) -> None:
     from servers import FakeOpenAI
 
-    from ipo_cli.llm.models import OpenAIServerLLM
+    from ipo_cli.llm.openai_http import OpenAIServerLLM
     from ipo_cli.optimize.loop import LoopSettings, Optimizer, ScoreResult
     from ipo_cli.optimize.run_folder import RunFolder
 
@@ -135,7 +135,7 @@ def describe_classes():
 
 
 def main() -> None:
-    from ipo_cli.llm.models import LlamaCppLLM
+    from ipo_cli.llm.llama import LlamaCppLLM
 
     llm = LlamaCppLLM(smollm_path(), n_ctx=4096)
     print(f"model: {llm.identity}, n_ctx {llm.n_ctx}")

@@ -46,7 +46,7 @@ def one_step(work: Path, images: Path, checkpoint: Path, smollm: Path) -> None:
     from ipo_cli.optimize import meta_prompt
     from ipo_cli.optimize import loop as optimizer
     from ipo_cli.clip import model as vision
-    from ipo_cli.llm.models import LlamaCppLLM
+    from ipo_cli.llm.llama import LlamaCppLLM
     from ipo_cli.optimize.run_folder import RunFolder
 
     clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))

@@ -10,7 +10,10 @@ import time
 import pytest
 
 from ipo_cli.errors import IpoError
-from ipo_cli.llm.models import LlamaCppLLM, OpenAIServerLLM, SamplingSettings, load_llm
+from ipo_cli.llm.base import SamplingSettings
+from ipo_cli.llm.llama import LlamaCppLLM
+from ipo_cli.llm.loading import load_llm
+from ipo_cli.llm.openai_http import OpenAIServerLLM
 from servers import FakeChatServer
 
 INS_GRAMMAR = r'''root ::= "<INS>" words "<CLASS>" words "</INS>"

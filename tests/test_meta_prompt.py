@@ -83,7 +83,8 @@ def test_candidate_rules(validator, raw, reason):
 def test_grammar_forces_one_answer_with_one_placeholder(smollm):
     import re
 
-    from ipo_cli.llm.models import LlamaCppLLM, SamplingSettings
+    from ipo_cli.llm.base import SamplingSettings
+    from ipo_cli.llm.llama import LlamaCppLLM
 
     llm = LlamaCppLLM(smollm, n_ctx=2048)
     meta = mp.build(HISTORY, [], llm.count_tokens, 1900)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from ipo_cli.errors import IpoError
-from ipo_cli.llm.models import Generation, Usage
+from ipo_cli.llm.base import Generation, Usage
 from ipo_cli.optimize.loop import BASELINE, LoopSettings, Optimizer, ScoreResult, candidate_seed
 from ipo_cli.optimize.run_folder import RunFolder
 

@@ -10,7 +10,9 @@ import pytest
 
 from conftest import run_ipo
 from ipo_cli.errors import IpoError
-from ipo_cli.llm.models import OpenAIServerLLM, SamplingSettings, load_llm, unwrap_answer
+from ipo_cli.llm.base import SamplingSettings, unwrap_answer
+from ipo_cli.llm.loading import load_llm
+from ipo_cli.llm.openai_http import OpenAIServerLLM
 from servers import FakeOllama, FakeOpenAI, TrickleServer
 
 GRAMMAR = 'root ::= "<INS>" [a-z ]* "<CLASS>" [a-z ]* "</INS>"'
@@ -144,7 +146,7 @@ def test_llama_objects_get_n_gpu_layers(monkeypatch, smollm):
     import llama_cpp
 
     from ipo_cli.llm import placement as hardware
-    from ipo_cli.llm import models as llm_module
+    from ipo_cli.llm.llama import LlamaCppLLM
 
     seen = []
     real = llama_cpp.Llama
@@ -154,18 +156,18 @@ def test_llama_objects_get_n_gpu_layers(monkeypatch, smollm):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(llama_cpp, "Llama", spy)
-    llm_module.LlamaCppLLM(smollm, n_ctx=512, gpu_layers=0)
-    llm_module.LlamaCppLLM(smollm, n_ctx=512, gpu_layers=7)
+    LlamaCppLLM(smollm, n_ctx=512, gpu_layers=0)
+    LlamaCppLLM(smollm, n_ctx=512, gpu_layers=7)
     hardware.llama_gpu_offload.cache_clear()
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
-    llm_module.LlamaCppLLM(smollm, n_ctx=512)  # default with a GPU build: all layers
+    LlamaCppLLM(smollm, n_ctx=512)  # default with a GPU build: all layers
     hardware.llama_gpu_offload.cache_clear()
     monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
-    llm_module.LlamaCppLLM(smollm, n_ctx=512)  # default with a CPU build: none
+    LlamaCppLLM(smollm, n_ctx=512)  # default with a CPU build: none
     hardware.llama_gpu_offload.cache_clear()
     assert seen == [0, 7, -1, 0]
     with pytest.raises(IpoError, match="--gpu-layers"):
-        llm_module.resolve_gpu_layers(-2)
+        hardware.resolve_gpu_layers(-2)
 
 
 def test_machine_defaults_and_the_cpu_only_build_warning(monkeypatch):

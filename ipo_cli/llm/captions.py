@@ -82,7 +82,7 @@ class LlamaCppVision:
         import llama_cpp.llama_chat_format as chat_format
         from llama_cpp import Llama
 
-        from ipo_cli.llm.models import resolve_gpu_layers
+        from ipo_cli.llm.placement import resolve_gpu_layers
 
         cls = getattr(chat_format, HANDLER_CLASSES[handler], None)
         if cls is None:
@@ -115,14 +115,14 @@ class ServerVision:
     """An OpenAI-compatible server with a multimodal model; images go as image_url parts."""
 
     def __init__(self, base_url: str, model: str | None = None, **kwargs):
-        from ipo_cli.llm.models import OpenAIServerLLM
+        from ipo_cli.llm.openai_http import OpenAIServerLLM
 
         self.client = OpenAIServerLLM(base_url, model, **kwargs)
         self.client.detect()  # which server, which model: the identity captions are cached under
         self.identity = self.client.identity
 
     def describe(self, data_uri: str, settings: CaptionSettings) -> str:
-        from ipo_cli.llm.models import SamplingSettings
+        from ipo_cli.llm.base import SamplingSettings
 
         sampling = SamplingSettings(temperature=settings.temperature, max_tokens=settings.max_tokens)
         return self.client.generate(caption_messages(data_uri, settings.instruction), settings.seed, sampling).text
@@ -244,7 +244,7 @@ def load_vision(model: str | None = None, mmproj: Path | None = None, handler: s
                 gpu_layers: int | None = None, machine: str = "cpu") -> VisionBackend:
     """`--lmm NAME|FILE [--mmproj FILE] [--handler H]` or `--lmm-url URL [--lmm-model NAME]`."""
     if url:
-        from ipo_cli.llm.models import check_url
+        from ipo_cli.llm.openai_http import check_url
 
         check_url(url, "--lmm-url")
         return ServerVision(url, url_model)

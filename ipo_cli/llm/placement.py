@@ -14,6 +14,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+from ipo_cli.errors import IpoError
+
 GPU_MIN_BYTES = 8 * 1024**3
 CUDA_BUILD = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
 METAL_BUILD = 'CMAKE_ARGS="-DGGML_METAL=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
@@ -96,10 +98,18 @@ def machine() -> Machine:
                    warning)
 
 
+def resolve_gpu_layers(gpu_layers: int | None) -> int:
+    """--gpu-layers: None means every layer when llama.cpp was built with GPU offload, else 0;
+    -1 is llama.cpp's own "all layers"."""
+    if gpu_layers is not None:
+        if gpu_layers < -1:
+            raise IpoError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, not {gpu_layers}")
+        return gpu_layers
+    return -1 if llama_gpu_offload() else 0
+
+
 def where(gpu_layers: int | None) -> str:
     """Where a llama.cpp model with this --gpu-layers runs, for the plan line."""
-    from ipo_cli.llm.models import resolve_gpu_layers
-
     layers = resolve_gpu_layers(gpu_layers)
     if layers == 0 or not llama_gpu_offload():
         return "CPU"

@@ -70,7 +70,7 @@ class Request:
         ]
         if self.n_ctx is not None:
             checks.append(("--n-ctx", self.n_ctx, 256, 10_000_000))
-        from ipo_cli.llm.models import check_url
+        from ipo_cli.llm.openai_http import check_url
 
         for flag, url in (("--llm-url", self.llm_url), ("--lmm-url", self.lmm_url)):
             if url:
@@ -315,7 +315,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     from ipo_cli.clip import evaluate
     from ipo_cli.optimize import history_md as report
     from ipo_cli.clip import model as vision
-    from ipo_cli.llm.models import load_llm
+    from ipo_cli.llm.loading import load_llm
     from ipo_cli.optimize.loop import ClipScorer, Optimizer
     from ipo_cli.optimize.run_folder import RunFolder, compare_settings
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.cache import Store, key_of
 from ipo_cli.errors import IpoError
-from ipo_cli.llm.models import LLM, Generation, SamplingSettings, Usage
+from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage
 from ipo_cli.optimize.run_folder import RunFolder
 
 BASELINE = "a photo of a <CLASS>."

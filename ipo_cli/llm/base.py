@@ -1,0 +1,95 @@
+"""The language-model interface every backend implements, and the types it speaks in.
+
+A backend takes chat messages and returns `Generation`s with usage: how many prompt tokens
+were evaluated and how many were reused from the prefix already in the model's context.
+The optimizer keeps the unchanging part of its meta-prompt first so that this reuse is
+large. Backends: llm/llama.py (llama.cpp in process), llm/openai_http.py (any
+OpenAI-compatible server, with llm/ollama.py for Ollama's own API); llm/loading.py picks
+one for `--llm` / `--llm-url`, and llm/registry.py lets a test put its own behind the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from ipo_cli.errors import IpoError
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose evaluation was kept from the previous call
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def evaluated_tokens(self) -> int:
+        return self.prompt_tokens - self.reused_tokens
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "evaluated_tokens": self.evaluated_tokens}
+
+
+@dataclass
+class Generation:
+    text: str
+    seed: int
+    finish_reason: str
+    usage: Usage
+
+
+@dataclass
+class SamplingSettings:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ()
+
+
+class LLM(Protocol):
+    identity: str
+    n_ctx: int | None
+
+    def generate(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
+                 grammar: str | None = None) -> Generation: ...
+
+    def count_tokens(self, messages: Sequence[Message]) -> int: ...
+
+
+def context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> IpoError:
+    over = prompt_tokens + max_tokens - n_ctx
+    return IpoError(
+        f"the prompt is {prompt_tokens} tokens; with {max_tokens} new tokens it needs "
+        f"{prompt_tokens + max_tokens}, {over} more than the context of {n_ctx}",
+        "shorten the prompt or raise the context size (--n-ctx)",
+    )
+
+
+# The answer shape for servers with JSON-schema structured output (OpenAI, vLLM, Ollama):
+# one prompt string; it is turned back into <INS>...</INS> and validated like any answer.
+ANSWER_SCHEMA = {"type": "object", "properties": {"prompt": {"type": "string"}},
+                 "required": ["prompt"], "additionalProperties": False}
+
+
+def unwrap_answer(text: str) -> str:
+    """A JSON-schema answer {"prompt": "..."} as the <INS>...</INS> text the validator reads;
+    anything else is passed on as it came, for the validator to judge."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    if isinstance(data, dict) and isinstance(data.get("prompt"), str):
+        prompt = data["prompt"].strip()
+        return prompt if "<INS>" in prompt else f"<INS>{prompt}</INS>"
+    return text
+
+
+
+def usage_count(value: Any) -> int:
+    """A token count from a server's JSON: a non-negative integer, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
