@@ -108,9 +108,10 @@ def _entry_problem(data: Any) -> str | None:
             return f"'source.{exact}' (or {pattern}) must name a file in the repository"
     files = data.get("files", {})
     if not isinstance(files, dict) or any(
-            not isinstance(v, dict) or not isinstance(v.get("size"), int) or not SHA256_HEX.match(str(v.get("sha256", "")))
-            for v in files.values()):
-        return "'files' must map roles to {size: int, sha256: 64 hex digits}"
+            not isinstance(v, dict) or not (v.get("size") is None or isinstance(v.get("size"), int))
+            or not SHA256_HEX.match(str(v.get("sha256", ""))) for v in files.values()):
+        # size null: no public source gives the byte count (the hub's listing does, at pull)
+        return "'files' must map roles to {size: int or null, sha256: 64 hex digits}"
     if not isinstance(data.get("n_ctx", 4096), int) or data.get("n_ctx", 4096) < 256:
         return "'n_ctx' must be an integer of at least 256"
     if data.get("handler") is not None and data.get("handler") not in HANDLERS:
