@@ -46,10 +46,11 @@ def one_step(work: Path, images: Path, checkpoint: Path, smollm: Path) -> None:
     from ipo_cli.optimize import meta_prompt
     from ipo_cli.optimize import loop as optimizer
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip.spec import parse_clip
     from ipo_cli.llm.llama import LlamaCppLLM
     from ipo_cli.optimize.run_folder import RunFolder
 
-    clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))
+    clip = vision.load_clip(parse_clip("ViT-B-32", checkpoint))
     data = dataset.few_shot(dataset.load_dataset(images, images / "classes.txt"), 4, 1)
     train = evaluate.embed_dataset(clip, data, cache.Store(work / "cache", "embeddings"))
     llm = LlamaCppLLM(smollm, n_ctx=4096)

@@ -49,8 +49,9 @@ def bench_text(checkpoint: Path) -> None:
     import torch
 
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip.spec import parse_clip
 
-    clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))
+    clip = vision.load_clip(parse_clip("ViT-B-32", checkpoint))
     for template in ("a photo of a {}, a type of pet.", "Identify the unique visual features of the {} accurately."):
         texts = [template.format(c) for c in PETS]
         tokens = clip.tokenize(texts)
@@ -73,6 +74,7 @@ def bench_eval(checkpoint: Path, n_images: int, work: Path) -> None:
     from ipo_cli.data import folders as dataset
     from ipo_cli.clip import evaluate
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip.spec import parse_clip
     from ipo_cli.data.prompts import parse_prompts
 
     per_class = n_images // 10
@@ -96,7 +98,7 @@ def bench_eval(checkpoint: Path, n_images: int, work: Path) -> None:
     print(f"ipo eval, {cold['n_images']} images, ViT-B-32, whole command in a subprocess:")
     print(f"  cold cache {cold_t:.2f} s, warm cache {warm_t:.2f} s, speed-up {cold_t / warm_t:.1f}x")
 
-    clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))
+    clip = vision.load_clip(parse_clip("ViT-B-32", checkpoint))
     data = dataset.load_dataset(images, images / "classes.txt")
     prompt_list = parse_prompts(json.loads(prompts.read_text()))
 
@@ -121,10 +123,11 @@ def bench_throughput(checkpoint: Path, work: Path, batch_size: int = 32) -> None
 
     from ipo_cli.data import folders as dataset
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip.spec import parse_clip
 
     images = work / "images"
     paths = dataset.load_dataset(images, images / "classes.txt").paths
-    clip = vision.load_clip(vision.parse_clip("ViT-B-32", checkpoint))
+    clip = vision.load_clip(parse_clip("ViT-B-32", checkpoint))
     tensors = [clip.preprocess(dataset.load_image(p)) for p in paths]
 
     def bare() -> None:

@@ -75,8 +75,9 @@ def tiny_checkpoint(tiny_config) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip(tiny_config, tiny_checkpoint):
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip.spec import parse_clip
 
-    return vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+    return vision.load_clip(parse_clip(str(tiny_config), tiny_checkpoint))
 
 
 @pytest.fixture(scope="session")
@@ -86,12 +87,13 @@ def vitb32(tmp_path_factory):
     import torch
 
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip.spec import parse_clip
 
     torch.manual_seed(0)
     model = open_clip.create_model("ViT-B-32", pretrained=None)
     path = tmp_path_factory.mktemp("vitb32") / "vit-b-32-random.pt"
     torch.save(model.state_dict(), path)
-    return vision.load_clip(vision.parse_clip("ViT-B-32", path))
+    return vision.load_clip(parse_clip("ViT-B-32", path))
 
 
 class Result:

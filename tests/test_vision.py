@@ -5,6 +5,7 @@ import pytest
 
 from ipo_cli import cache
 from ipo_cli.clip import model as vision
+from ipo_cli.clip.spec import parse_clip
 from ipo_cli.errors import IpoError
 
 PET_PROMPTS = [f"a photo of a {c}, a type of pet." for c in (
@@ -37,10 +38,10 @@ def test_token_count_includes_start_and_end(vitb32):
 def test_second_embedding_run_computes_nothing(tiny_config, tiny_checkpoint, fashion_train, tmp_path):
     paths = sorted(fashion_train.rglob("*.png"))[:12]
     store = cache.Store(tmp_path, "embeddings")
-    first = vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+    first = vision.load_clip(parse_clip(str(tiny_config), tiny_checkpoint))
     emb1, kept, failures = first.embed_images(paths, store)
     assert first.stats["images_computed"] == 12 and not failures
-    second = vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
+    second = vision.load_clip(parse_clip(str(tiny_config), tiny_checkpoint))
     emb2, _, _ = second.embed_images(paths, store)
     assert second.stats == {"images_computed": 0, "images_cached": 12, "texts_encoded": second.stats["texts_encoded"]}
     assert np.array_equal(emb1, emb2)
@@ -54,8 +55,8 @@ def test_other_weights_do_not_share_cache_entries(tiny_config, tiny_checkpoint, 
     state["logit_scale"] = state["logit_scale"] + 1
     other = tmp_path / "other.pt"
     torch.save(state, other)
-    a = vision.load_clip(vision.parse_clip(str(tiny_config), tiny_checkpoint))
-    b = vision.load_clip(vision.parse_clip(str(tiny_config), other))
+    a = vision.load_clip(parse_clip(str(tiny_config), tiny_checkpoint))
+    b = vision.load_clip(parse_clip(str(tiny_config), other))
     assert a.identity != b.identity
     sha = cache.sha256_file(next(fashion_train.rglob("*.png")))
     assert a.image_key(sha) != b.image_key(sha)
@@ -72,27 +73,27 @@ def test_unreadable_images_are_skipped_and_named(tiny_clip, fashion_train, tmp_p
 
 def test_unknown_model_suggests_close_names():
     with pytest.raises(IpoError, match="unknown CLIP model 'ViT-B-61' \\(did you mean ViT-B-16"):
-        vision.parse_clip("ViT-B-61:openai")
+        parse_clip("ViT-B-61:openai")
     with pytest.raises(IpoError, match="no pretrained weights 'opanai'.*openai"):
-        vision.parse_clip("ViT-B-16:opanai")
+        parse_clip("ViT-B-16:opanai")
     with pytest.raises(IpoError, match="no weights"):
-        vision.parse_clip("ViT-B-16")
+        parse_clip("ViT-B-16")
     with pytest.raises(IpoError, match="does not exist"):
-        vision.parse_clip("ViT-B-16", "/no/such/file.pt")
+        parse_clip("ViT-B-16", "/no/such/file.pt")
 
 
 def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(IpoError, match="could not be loaded as ViT-B-32") as info:
-        vision.load_clip(vision.parse_clip("ViT-B-32", bad))
+        vision.load_clip(parse_clip("ViT-B-32", bad))
     assert "\n" not in str(info.value)
 
 
 def test_weights_not_on_disk_say_how_to_get_them():
     # HF_HUB_OFFLINE=1 (set for every test) makes the hub fail at once, as it does offline
     with pytest.raises(IpoError, match="not on disk.*--clip-weights"):
-        vision.load_clip(vision.parse_clip("ViT-B-32:openai"))
+        vision.load_clip(parse_clip("ViT-B-32:openai"))
 
 
 def test_device_choice():
@@ -159,3 +160,18 @@ def test_threaded_decoding_keeps_order_and_reports_unreadable_files(vitb32, fash
     assert kept == [i for i in range(len(paths)) if i != 5] and len(failures) == 1
     one_by_one = np.stack([vitb32.embed_images([p])[0][0] for p in paths if p != broken])
     assert np.allclose(emb, one_by_one, atol=1e-3)
+
+
+def test_warm_and_cold_paths_agree_on_every_identity(tiny_config, tiny_checkpoint):
+    """One parser names the weights for both paths: the warm one (no open_clip) must give
+    exactly the identity the cold one writes its cache keys under, or warm runs miss."""
+    from ipo_cli.clip.spec import light_identity
+
+    for model, weights in ((str(tiny_config), tiny_checkpoint), (str(tiny_config), None),
+                           ("ViT-B-32", tiny_checkpoint), ("ViT-B-32:openai", None), ("hf-hub:org/name", None)):
+        assert light_identity(model, weights) == parse_clip(model, weights).identity, model
+    for model, weights in (("ViT-B-32", None), ("ViT-B-32:openai", tiny_checkpoint), ("hf-hub:nope", None),
+                           ("missing.json", None), ("ViT-B-32", "/no/such/file.pt")):
+        assert light_identity(model, weights) is None, model
+        with pytest.raises(IpoError):
+            parse_clip(model, weights)

@@ -49,6 +49,8 @@ def eval_cmd(
     from ipo_cli.clip import evaluate
     from ipo_cli.data import prompts as pr
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip import spec as clip_spec
+    from ipo_cli.clip import warm
     from ipo_cli.clip.scoring import Prompt
 
     check_out(out_file)
@@ -77,9 +79,9 @@ def eval_cmd(
     # When the cache holds every embedding this evaluation needs, neither torch nor
     # open_clip is imported and no model is loaded.
     texts = [t for p in [*prompt_list, Prompt(baseline, [baseline])] for ts in p.texts(data.classnames) for t in ts]
-    model = vision.cached_clip(clip, clip_weights, store, data.paths, texts, device)
+    model = warm.cached_clip(clip, clip_weights, store, data.paths, texts, device)
     if model is None:
-        spec = vision.parse_clip(clip, clip_weights)
+        spec = clip_spec.parse_clip(clip, clip_weights)
         with status(f"loading CLIP {spec.identity}"):
             model = vision.load_clip(spec, device)
         model.remember(store)

@@ -68,15 +68,17 @@ class Classifier:
 
     def _model(self, paths: Sequence[Path] = (), need_model: bool = False):
         from ipo_cli.clip import model as vision
+        from ipo_cli.clip import spec as clip_spec
+        from ipo_cli.clip import warm
         from ipo_cli.clip.scoring import class_embeddings
 
         if self.clip is None or (need_model and getattr(self.clip, "warm", False)):
             clip, weights, device = self.spec
-            warm = None if need_model else vision.cached_clip(clip, weights, self.store, paths, self.texts, device)
+            warm = None if need_model else warm.cached_clip(clip, weights, self.store, paths, self.texts, device)
             if warm is not None:
                 self.clip = warm
             else:
-                self.clip = vision.load_clip(vision.parse_clip(clip, weights), device)
+                self.clip = vision.load_clip(clip_spec.parse_clip(clip, weights), device)
                 self.clip.remember(self.store)
             self.text = class_embeddings(self.clip, self.prompt, self.classnames)
         return self.clip

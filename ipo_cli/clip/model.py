@@ -1,99 +1,25 @@
-"""CLIP through open_clip: load a model, embed images (cached on disk), encode texts fast.
+"""A loaded open_clip model: image embedding (cached on disk), fast text encoding, and
+where it runs (`resolve_device`).
 
-`--clip` takes an open_clip pretrained tag (`ViT-B-16:openai`), `hf-hub:ORG/NAME`, an
-architecture name with `--clip-weights FILE` (a local checkpoint), or a model config
-JSON file (a custom architecture, random weights unless a checkpoint is given).
+What to load comes from clip/spec.py (`parse_clip`); when the cache already holds every
+embedding a command needs, clip/warm.py stands in for this model without torch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from ipo_cli.cache import Store, key_of, sha256_file
+from ipo_cli.cache import Store, sha256_file
+from ipo_cli.clip.spec import ClipSpec, card_key, image_key, text_key
 from ipo_cli.data.folders import UnreadableImage, load_image
-from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.errors import IpoError
 
-DEFAULT_CLIP = "ViT-B-16:openai"
 AUTOCAST_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What to load. `identity` names the weights exactly, for cache keys and run configs."""
-
-    arch: str
-    pretrained: str | None = None  # an open_clip tag
-    weights: Path | None = None  # a local checkpoint file
-    hf_hub: str | None = None  # "ORG/NAME"
-    config: Path | None = None  # a model config JSON file
-    identity: str = ""
-
-
-def parse_clip(model: str, weights: Path | str | None = None) -> ClipSpec:
-    """Turn `--clip` / `--clip-weights` into a ClipSpec, checking names against open_clip."""
-    import open_clip
-
-    model = model.strip()
-    weights = Path(weights) if weights else None
-    if weights is not None and not weights.is_file():
-        raise IpoError(f"checkpoint file {weights} does not exist", "pass the path of a saved open_clip state dict")
-    if model.startswith("hf-hub:"):
-        repo = model[len("hf-hub:"):]
-        if repo.count("/") != 1:
-            raise IpoError(f"--clip {model!r} is not of the form hf-hub:ORG/NAME")
-        return ClipSpec(arch=model, hf_hub=repo, identity=model)
-    config = None
-    if model.endswith(".json"):
-        config = Path(model)
-        if not config.is_file():
-            raise IpoError(f"model config {config} does not exist")
-        try:
-            cfg = json.loads(config.read_bytes().decode("utf-8"))
-            if not (isinstance(cfg, dict) and isinstance(cfg.get("embed_dim"), int)
-                    and isinstance(cfg.get("vision_cfg"), dict) and isinstance(cfg.get("text_cfg"), dict)):
-                raise ValueError("not an open_clip config")
-        except (ValueError, UnicodeDecodeError, OSError):
-            raise IpoError(
-                f"model config {config} is not an open_clip model config",
-                "it needs embed_dim, vision_cfg and text_cfg, like open_clip's model_configs/*.json",
-            ) from None
-        open_clip.add_model_config(config)
-        arch = config.stem
-    else:
-        arch, _, tag = model.partition(":")
-        if arch not in open_clip.list_models():
-            raise IpoError(
-                f"unknown CLIP model {arch!r}" + close_matches(arch, open_clip.list_models()),
-                "see open_clip.list_models() / open_clip.list_pretrained() for names",
-            )
-        if tag and weights is None:
-            tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-            if tag not in tags:
-                raise IpoError(
-                    f"open_clip has no pretrained weights {tag!r} for {arch}"
-                    + close_matches(tag, tags),
-                    f"known tags for {arch}: {', '.join(tags) or 'none'}",
-                )
-            return ClipSpec(arch=arch, pretrained=tag, identity=f"{arch}:{tag}")
-        if tag and weights is not None:
-            raise IpoError("give either a pretrained tag (--clip ARCH:TAG) or --clip-weights, not both")
-    if weights is not None:
-        return ClipSpec(arch=arch, weights=weights, config=config,
-                        identity=f"{arch}:sha256={sha256_file(weights)[:16]}")
-    if config is not None:
-        # Random weights with a fixed seed: reproducible, so still cacheable.
-        return ClipSpec(arch=arch, config=config, identity=f"{arch}:random-seed0:{key_of(config.read_text())[:16]}")
-    raise IpoError(
-        f"--clip {model!r} names an architecture but no weights",
-        f"use a pretrained tag such as {arch}:openai, or add --clip-weights FILE",
-    )
 
 
 class ClipModel:
@@ -132,7 +58,7 @@ class ClipModel:
     def remember(self, store: Store) -> None:
         """Keep text embeddings on disk too, and record what a warm command needs to use the
         cache without loading this model (see CachedClip)."""
-        store.set_json(_card_key(self.identity, self.open_clip_version), {
+        store.set_json(card_key(self.identity, self.open_clip_version), {
             "preprocess_id": self.preprocess_id, "open_clip_version": self.open_clip_version,
             "precision": self.precision, "logit_scale": self.logit_scale, "embed_dim": self.embed_dim,
             "context_length": int(getattr(self.model, "context_length", 77) or 77)})
@@ -140,8 +66,7 @@ class ClipModel:
 
     # ---- images -------------------------------------------------------------------
     def image_key(self, file_sha: str) -> str:
-        extra = () if self.precision == "fp32" else (self.precision,)  # fp32 keys predate the precision
-        return "img:" + key_of(file_sha, self.identity, self.preprocess_id, self.open_clip_version, *extra)
+        return image_key(file_sha, self.identity, self.preprocess_id, self.open_clip_version, self.precision)
 
     def _autocast(self):
         import torch
@@ -274,7 +199,7 @@ class ClipModel:
             for text, row in zip(chunk, feats):
                 self._text_memo[text] = row
                 if self.text_store is not None:
-                    self.text_store.set_json(_text_key(self.identity, self.open_clip_version, text), {
+                    self.text_store.set_json(text_key(self.identity, self.open_clip_version, text), {
                         "embedding": row.tolist(), "tokens": self.token_count(text)})
             self.stats["texts_encoded"] += len(chunk)
         if not texts:
@@ -356,6 +281,8 @@ def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> 
     import torch
 
     device = resolve_device(device)
+    if spec.config is not None:
+        open_clip.add_model_config(spec.config)  # a custom architecture: open_clip learns its name
 
     if spec.hf_hub:
         pretrained_arg, name = None, f"hf-hub:{spec.hf_hub}"
@@ -387,135 +314,3 @@ def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> 
             "connect to the internet once to download them, or pass --clip ARCH --clip-weights FILE",
         ) from None
     return ClipModel(spec, model, preprocess, tokenizer, device, precision)
-
-
-# ---- warm paths: everything from the cache, without torch or open_clip ------------------
-def open_clip_version() -> str:
-    """The installed open_clip's version, read without importing it (and torch)."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("open_clip_torch")
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
-
-
-def light_identity(model: str, weights: Path | str | None = None) -> str | None:
-    """The identity `parse_clip` would give, without open_clip: None when it cannot be told
-    (a bare architecture, a malformed name); the cold path then reports the problem."""
-    model = model.strip()
-    weights = Path(weights) if weights else None
-    if weights is not None and not weights.is_file():
-        return None
-    if model.startswith("hf-hub:"):
-        return model if model[len("hf-hub:"):].count("/") == 1 else None
-    if model.endswith(".json"):
-        config = Path(model)
-        if not config.is_file():
-            return None
-        if weights is not None:
-            return f"{config.stem}:sha256={sha256_file(weights)[:16]}"
-        try:
-            return f"{config.stem}:random-seed0:{key_of(config.read_text())[:16]}"
-        except (OSError, UnicodeDecodeError):
-            return None
-    arch, _, tag = model.partition(":")
-    if tag and weights is None:
-        return f"{arch}:{tag}"
-    if weights is not None and not tag:
-        return f"{arch}:sha256={sha256_file(weights)[:16]}"
-    return None
-
-
-def _card_key(identity: str, version: str) -> str:
-    return "card:" + key_of(identity, version)
-
-
-def _text_key(identity: str, version: str, text: str) -> str:
-    return "txt:" + key_of(identity, version, text)
-
-
-class CachedClip:
-    """Stands in for a loaded ClipModel when every embedding a command needs is on disk:
-    text embeddings (float32, exactly what the model gave), their token counts, and the
-    image embeddings under the keys the model wrote them with (its "card" records the
-    preprocessing, precision and logit scale)."""
-
-    def __init__(self, identity: str, card: dict, store: Store):
-        self.identity = identity
-        self.card = card
-        self.store = store
-        self.logit_scale = float(card["logit_scale"])
-        self.model = type("CachedModel", (), {"context_length": int(card["context_length"])})()
-        self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
-        self.warm = True
-
-    def image_key(self, file_sha: str) -> str:
-        extra = () if self.card["precision"] == "fp32" else (self.card["precision"],)
-        return "img:" + key_of(file_sha, self.identity, self.card["preprocess_id"], self.card["open_clip_version"],
-                               *extra)
-
-    def _text(self, text: str) -> dict | None:
-        return self.store.get_json(_text_key(self.identity, self.card["open_clip_version"], text))
-
-    def has_texts(self, texts: Sequence[str]) -> bool:
-        return all(self._text(t) is not None for t in dict.fromkeys(texts))
-
-    def encode_texts(self, texts: Sequence[str]):
-        import numpy as np
-
-        rows = []
-        for text in texts:
-            entry = self._text(text)
-            if entry is None:
-                raise IpoError(f"no cached text embedding for {text[:40]!r}")  # has_texts said otherwise: a race
-            rows.append(np.asarray(entry["embedding"], dtype=np.float32))
-        return np.stack(rows) if rows else np.zeros((0, int(self.card["embed_dim"])), np.float32)
-
-    def token_count(self, text: str) -> int:
-        entry = self._text(text)
-        return int(entry["tokens"]) if entry else 0
-
-    def embed_images(self, paths: Sequence[Path], store: Store | None = None, batch_size: int = 32,
-                     progress: Callable[[int], None] | None = None):
-        import numpy as np
-
-        rows = []
-        for path in paths:
-            rows.append(self.store.get_array(self.image_key(sha256_file(path))).astype(np.float32))
-            self.stats["images_cached"] += 1
-            if progress:
-                progress(1)
-        return np.stack(rows), list(range(len(paths))), []
-
-    def has_images(self, paths: Sequence[Path]) -> bool:
-        dim = int(self.card["embed_dim"])
-        for path in paths:
-            try:
-                cached = self.store.get_array(self.image_key(sha256_file(path)))
-            except OSError:
-                return False
-            if cached is None or cached.shape != (dim,):
-                return False
-        return True
-
-
-def cached_clip(model: str, weights: Path | str | None, store: Store, paths: Sequence[Path],
-                texts: Sequence[str], device: str = "auto") -> CachedClip | None:
-    """A CachedClip when the cache holds everything for these images and texts, else None
-    (the caller loads CLIP). `--device cuda` always loads the model."""
-    if device not in ("auto", "cpu"):
-        return None
-    identity = light_identity(model, weights)
-    if identity is None:
-        return None
-    version = open_clip_version()
-    card = store.get_json(_card_key(identity, version))
-    if not isinstance(card, dict) or card.get("open_clip_version") != version:
-        return None
-    if device == "cpu" and card.get("precision") != "fp32":
-        return None
-    warm = CachedClip(identity, card, store)
-    if not warm.has_texts(texts) or not warm.has_images(paths):
-        return None
-    return warm

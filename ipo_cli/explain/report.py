@@ -121,6 +121,8 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     from ipo_cli import cache
     from ipo_cli.clip import evaluate
     from ipo_cli.clip import model as vision
+    from ipo_cli.clip import spec as clip_spec
+    from ipo_cli.clip import warm
     from ipo_cli.data.folders import Dataset, ImageItem
     from ipo_cli.optimize.loop import rank_key
     from ipo_cli.optimize.run_folder import RunFolder
@@ -149,10 +151,10 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
         if clip is None:
             # a report made before has cached every text it needs: then no model is loaded
             needed = _texts_needed(best, baseline, scored, classnames)
-            clip = vision.cached_clip(request.get("clip") or vision.DEFAULT_CLIP, request.get("clip_weights"),
+            clip = warm.cached_clip(request.get("clip") or clip_spec.DEFAULT_CLIP, request.get("clip_weights"),
                                       store, data.paths, needed, device)
         if clip is None:
-            spec = vision.parse_clip(request.get("clip") or vision.DEFAULT_CLIP, request.get("clip_weights"))
+            spec = clip_spec.parse_clip(request.get("clip") or clip_spec.DEFAULT_CLIP, request.get("clip_weights"))
             clip = vision.load_clip(spec, device)
             clip.remember(store)
         train = evaluate.embed_dataset(clip, data, store)

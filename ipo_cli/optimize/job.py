@@ -314,7 +314,8 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     from ipo_cli.llm import captions as describe
     from ipo_cli.clip import evaluate
     from ipo_cli.optimize import history_md as report
-    from ipo_cli.clip import model as vision
+    from ipo_cli.clip.model import load_clip
+    from ipo_cli.clip.spec import parse_clip
     from ipo_cli.llm.loading import load_llm
     from ipo_cli.optimize.loop import ClipScorer, Optimizer
     from ipo_cli.optimize.run_folder import RunFolder, compare_settings
@@ -361,9 +362,9 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         _ensure_pulled(plan["lmm"], "lmm", offline, reporter)
 
     root = cache.cache_root(cache_dir)
-    spec = vision.parse_clip(request.clip, request.clip_weights)
+    spec = parse_clip(request.clip, request.clip_weights)
     with reporter.status(f"loading CLIP {spec.identity}"):
-        clip = vision.load_clip(spec, device)
+        clip = load_clip(spec, device)
     store = cache.Store(root, "embeddings")
     clip.remember(store)  # text embeddings on disk too: later evals and reports need no model
     sets = []

@@ -1,0 +1,100 @@
+"""The warm path: CLIP's answers from the cache, without torch or open_clip.
+
+When every text and image embedding a command needs is on disk (with the model's "card",
+which `ClipModel.remember` writes), `CachedClip` stands in for the loaded model; the
+cache keys come from clip/spec.py, the same ones the model writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ipo_cli.cache import Store, sha256_file
+from ipo_cli.clip.spec import card_key, image_key, light_identity, open_clip_version, text_key
+from ipo_cli.errors import IpoError
+
+
+class CachedClip:
+    """Stands in for a loaded ClipModel when every embedding a command needs is on disk:
+    text embeddings (float32, exactly what the model gave), their token counts, and the
+    image embeddings under the keys the model wrote them with (its "card" records the
+    preprocessing, precision and logit scale)."""
+
+    def __init__(self, identity: str, card: dict, store: Store):
+        self.identity = identity
+        self.card = card
+        self.store = store
+        self.logit_scale = float(card["logit_scale"])
+        self.model = type("CachedModel", (), {"context_length": int(card["context_length"])})()
+        self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
+        self.warm = True
+
+    def image_key(self, file_sha: str) -> str:
+        return image_key(file_sha, self.identity, self.card["preprocess_id"], self.card["open_clip_version"],
+                         self.card["precision"])
+
+    def _text(self, text: str) -> dict | None:
+        return self.store.get_json(text_key(self.identity, self.card["open_clip_version"], text))
+
+    def has_texts(self, texts: Sequence[str]) -> bool:
+        return all(self._text(t) is not None for t in dict.fromkeys(texts))
+
+    def encode_texts(self, texts: Sequence[str]):
+        import numpy as np
+
+        rows = []
+        for text in texts:
+            entry = self._text(text)
+            if entry is None:
+                raise IpoError(f"no cached text embedding for {text[:40]!r}")  # has_texts said otherwise: a race
+            rows.append(np.asarray(entry["embedding"], dtype=np.float32))
+        return np.stack(rows) if rows else np.zeros((0, int(self.card["embed_dim"])), np.float32)
+
+    def token_count(self, text: str) -> int:
+        entry = self._text(text)
+        return int(entry["tokens"]) if entry else 0
+
+    def embed_images(self, paths: Sequence[Path], store: Store | None = None, batch_size: int = 32,
+                     progress: Callable[[int], None] | None = None):
+        import numpy as np
+
+        rows = []
+        for path in paths:
+            rows.append(self.store.get_array(self.image_key(sha256_file(path))).astype(np.float32))
+            self.stats["images_cached"] += 1
+            if progress:
+                progress(1)
+        return np.stack(rows), list(range(len(paths))), []
+
+    def has_images(self, paths: Sequence[Path]) -> bool:
+        dim = int(self.card["embed_dim"])
+        for path in paths:
+            try:
+                cached = self.store.get_array(self.image_key(sha256_file(path)))
+            except OSError:
+                return False
+            if cached is None or cached.shape != (dim,):
+                return False
+        return True
+
+
+def cached_clip(model: str, weights: Path | str | None, store: Store, paths: Sequence[Path],
+                texts: Sequence[str], device: str = "auto") -> CachedClip | None:
+    """A CachedClip when the cache holds everything for these images and texts, else None
+    (the caller loads CLIP). `--device cuda` always loads the model."""
+    if device not in ("auto", "cpu"):
+        return None
+    identity = light_identity(model, weights)
+    if identity is None:
+        return None
+    version = open_clip_version()
+    card = store.get_json(card_key(identity, version))
+    if not isinstance(card, dict) or card.get("open_clip_version") != version:
+        return None
+    if device == "cpu" and card.get("precision") != "fp32":
+        return None
+    warm = CachedClip(identity, card, store)
+    if not warm.has_texts(texts) or not warm.has_images(paths):
+        return None
+    return warm
