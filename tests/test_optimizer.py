@@ -92,6 +92,28 @@ def test_patience_stops_early(tmp_path):
     assert result.state.steps_done[-1]["step"] == 3  # steps 1-3 brought nothing better than step 0
 
 
+def test_patience_zero_never_stops_early(tmp_path):
+    """--patience 0: every step runs, as the official code's fixed 100 steps do."""
+    class Flat(PlantedScorer):
+        def score(self, template, split="train"):
+            return ScoreResult(30.0, 2.0, [30.0] * 3)
+
+    folder = RunFolder.create(tmp_path / "run", {"request": {}})
+    result = Optimizer(RecombiningLLM(), Flat(), folder, LoopSettings(steps=6, candidates=2, patience=0)).run()
+    assert not result.stopped_early and result.state.steps_done[-1]["step"] == 6
+
+
+def test_hide_below_keeps_weak_prompts_out_of_the_meta_prompt(tmp_path):
+    """--hide-below 35: the baseline (30%) is scored and ranked but never shown to the LLM."""
+    shown = f"Prompt: <INS>{BASELINE}</INS>"
+    result, folder = run_loop(tmp_path / "a", steps=3, hide_below=35.0)
+    assert any(r["template"] == BASELINE for r in result.ranking)
+    metas = [p.read_text() for p in (folder.path / "meta_prompts").glob("*.txt")]
+    assert metas and not any(shown in t for t in metas)
+    _, plain = run_loop(tmp_path / "b", steps=1)
+    assert any(shown in p.read_text() for p in (plain.path / "meta_prompts").glob("*.txt"))
+
+
 def test_llm_that_returns_nothing_valid_stops_with_a_report(tmp_path):
     llm = RecombiningLLM(broken=True)
     with pytest.raises(IpoError, match="no valid prompt in 8 calls.*I cannot help.*no <INS>"):

@@ -136,3 +136,14 @@ def test_optimize_on_a_dataset_names_its_domain_and_reports_against_its_baseline
     assert evaluation["results"][-1]["name"] == "{} texture."
     config = json.loads((out / "config.json").read_text())
     assert config["request"]["dataset"] == "DTD" and config["request"]["baseline"] == "{} texture."
+
+
+def test_coops_own_names_and_clip_benchmark_keys_are_aliases():
+    """CoOp's configs/datasets/*.yaml DATASET.NAME values, and CLIP_benchmark's keys with
+    its wds/ and vtab/ prefixes."""
+    from ipo_cli.data import coop
+
+    for name, preset in [("OxfordFlowers", "Flowers102"), ("DescribableTextures", "DTD"), ("oxfordflowers", "Flowers102"),
+                         ("wds/cars", "StanfordCars"), ("vtab/flowers", "Flowers102"), ("pets", "OxfordPets"),
+                         ("imagenet1k", "ImageNet"), ("Caltech101", "Caltech101")]:
+        assert coop.get(name).name == preset

@@ -47,3 +47,58 @@ def test_bad_prompt_files(tmp_path, content, message):
 
 def test_export_to_clip_benchmark():
     assert to_clip_benchmark("pets", ["A <CLASS>, a pet.", "a {}"]) == {"pets": ["A {c}, a pet.", "a {c}"]}
+
+
+def test_the_papers_prompts_by_any_name_of_the_dataset():
+    """paper:DATASET reads data/paper_prompts.json; CoOp's and CLIP_benchmark's names work."""
+    from ipo_cli.data.prompts import PAPER_FILE
+
+    table = json.loads(PAPER_FILE.read_text())["datasets"]
+    assert all(e["template"] and e["source"] for entries in table.values() for e in entries)
+    flowers = [r.name for r in read_prompts("paper:Flowers102")]
+    assert flowers == [e["template"] for e in table["Flowers102"]]
+    assert [r.name for r in read_prompts("paper:OxfordFlowers")] == flowers
+    assert [r.name for r in read_prompts("paper:flowers", "flowers")] == flowers
+    with pytest.raises(IpoError, match="holds no prompt of the paper for 'EuroSAT'"):
+        read_prompts("paper:EuroSAT")
+
+
+def test_a_text_file_is_one_template_per_line(tmp_path):
+    """CLIP_benchmark's zeroshot_classification_templates.txt (one {c} template a line)."""
+    f = tmp_path / "zeroshot_classification_templates.txt"
+    f.write_text("a photo of a {c}.\n  a sketch of a {c}.  \n\n")
+    assert [r.name for r in read_prompts(f)] == ["a photo of a {c}.", "a sketch of a {c}.", "ensemble"]
+
+
+def test_a_runs_prompts_remember_classes_and_clip(tmp_path):
+    from ipo_cli.data.prompts import read_info, resolve_classes, resolve_clip
+
+    f = tmp_path / "prompts.json"
+    f.write_text(json.dumps({"schema": SCHEMA, "name": "pets", "prompts": [{"template": "A <CLASS>."}],
+                             "classes": ["cat", "dog"], "clip_spec": {"clip": "ViT-B-32:openai", "clip_weights": None}}))
+    info = read_info(f)
+    assert info.classes == ["cat", "dog"] and info.from_run
+    assert resolve_classes(info, None) == ["cat", "dog"]
+    assert resolve_classes(info, ["Cat", "dog"]) == ["Cat", "dog"]  # the same classes
+    with pytest.raises(IpoError, match="--classes differs.*adds bird"):
+        resolve_classes(info, ["cat", "dog", "bird"])
+    with pytest.raises(IpoError, match="order differs"):
+        resolve_classes(info, ["dog", "cat"])
+    assert resolve_clip(info, None, None) == ("ViT-B-32:openai", None)
+    with pytest.raises(IpoError, match="--clip ViT-L-14:openai differs.*ViT-B-32:openai"):
+        resolve_clip(info, "ViT-L-14:openai", None)
+    old = tmp_path / "old.json"  # written before ipo recorded them: the flags decide
+    old.write_text(json.dumps({"schema": SCHEMA, "prompts": [{"template": "A <CLASS>."}]}))
+    assert read_info(old).classes is None
+    assert resolve_clip(read_info(old), None, None) == ("ViT-B-16:openai", None)
+    assert read_info(tmp_path / "old.json").from_run
+
+
+def test_clip_benchmark_prefixes_are_stripped_as_it_strips_them():
+    """builder.py looks `wds/NAME` up as itself, then as NAME."""
+    from ipo_cli.data.prompts import select_dataset
+
+    data = {"cars": ["a photo of a {c}."], "wds/pets": ["a {c}, a pet."]}
+    assert select_dataset(data, "wds/cars", "f") == {"cars": data["cars"]}
+    assert select_dataset(data, "vtab/cars", "f") == {"cars": data["cars"]}
+    assert select_dataset(data, "wds/pets", "f") == {"wds/pets": data["wds/pets"]}

@@ -39,6 +39,14 @@ class EmbeddedSet:
 
 def embed_dataset(clip, dataset: Dataset, store=None, progress: Callable[[int], None] | None = None,
                   batch_size: int = 32) -> EmbeddedSet:
+    """The set's image embeddings, its images decoded as the set says (`image_loading`:
+    the reference code's way for the field's datasets, ipo's for a user's folders); a
+    warm CLIP must have been checked for that same loading (`cached_clip`)."""
+    if getattr(clip, "image_loading", "ipo") != dataset.image_loading:
+        if getattr(clip, "warm", False):
+            raise IpoError(f"the cached CLIP was checked for {clip.image_loading!r} image loading, "
+                           f"not {dataset.image_loading!r}", "run again; report this if it repeats")
+        clip.image_loading = dataset.image_loading
     emb, kept, failures = clip.embed_images(dataset.paths, store=store, batch_size=batch_size, progress=progress)
     skipped = [(str(f.path), f.reason) for f in failures]
     kept_set = set(kept)
@@ -47,6 +55,7 @@ def embed_dataset(clip, dataset: Dataset, store=None, progress: Callable[[int], 
         [item for i, item in enumerate(dataset.items) if i in kept_set],
         dataset.root,
         list(dataset.original_labels),
+        dataset.image_loading,
     )
     empty = [remaining.classnames[label] for label, items in remaining.by_label().items() if not items]
     if not remaining.items:
@@ -185,17 +194,75 @@ def check_text_lengths(clip, prompts: list[Prompt], classnames: list[str], basel
     return warnings
 
 
-def to_clip_benchmark(report: EvalReport, dataset: str, clip_identity: str) -> dict:
-    """The first scored prompt's result in CLIP_benchmark's own JSON (clip_benchmark/cli.py
-    `dump`: dataset, model, pretrained, task, metrics, language), metrics as fractions and
-    acc5 NaN below 5 classes as its zeroshot_classification.py does, so that
-    `clip_benchmark build` reads it; `templates` records the prompt."""
-    row = next((r for r in report.rows if r.kind != "baseline"), report.rows[0])
-    model, _, pretrained = clip_identity.partition(":")
+# CLIP_benchmark's result file name when --output is not given (clip_benchmark/cli.py,
+# `--output` default and `run`: the dataset with `wds/` stripped and "/" made "_", the
+# checkpoint file's base name for a path given as --pretrained).
+CLIP_BENCHMARK_OUTPUT = "{dataset}_{pretrained}_{model}_{language}_{task}.json"
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """What CLIP_benchmark's result file names: its `--dataset`, `--model`, `--pretrained`."""
+
+    dataset: str
+    model: str
+    pretrained: str  # the open_clip tag, or the checkpoint path as given
+
+    def file_name(self) -> str:
+        import os
+
+        name = self.dataset.replace("wds/", "", 1) if self.dataset.startswith("wds/") else self.dataset
+        pretrained = os.path.basename(self.pretrained) if os.path.isfile(self.pretrained) else self.pretrained
+        # CLIP_benchmark formats the model name in as it is; a "/" in it (hf-hub:ORG/NAME)
+        # would name a folder, so ipo writes "_" there
+        return CLIP_BENCHMARK_OUTPUT.format(dataset=name.replace("/", "_"), pretrained=pretrained.replace("/", "_"),
+                                            model=self.model.replace("/", "_"), language="en",
+                                            task="zeroshot_classification")
+
+
+def benchmark_run(dataset: str, clip: str, clip_weights: str | None) -> BenchmarkRun:
+    """`--clip ARCH:TAG` is CLIP_benchmark's `--model ARCH --pretrained TAG`; with
+    `--clip-weights FILE` the pretrained is the file's path, as CLIP_benchmark records it."""
+    model, _, tag = clip.strip().partition(":")
+    if clip.strip().startswith("hf-hub:"):
+        model, tag = clip.strip(), ""
+    elif model.endswith(".json"):
+        from pathlib import Path
+
+        model = Path(model).stem
+    pretrained = str(clip_weights) if clip_weights else (tag or "none")
+    return BenchmarkRun(dataset, model, pretrained)
+
+
+def to_clip_benchmark(report: EvalReport, prompts: list[Prompt], run: BenchmarkRun,
+                      dump_templates: bool = False, best_only: bool = False) -> dict:
+    """The result CLIP_benchmark would write for this prompts file, in its own JSON
+    (clip_benchmark/cli.py `run`: dataset, model, pretrained, task, metrics, language, and
+    `templates` with `--dump_templates`), so that `clip_benchmark build` reads it.
+
+    CLIP_benchmark scores a dataset's templates as one ensemble (metrics/zeroshot_classification.py
+    `zero_shot_classifier`: per class, the normalised text embeddings of every template are
+    averaged), and a CuPL file's sentences per class likewise: so the row is the file's
+    ensemble (or per-class set), a single template only when the file has one. Metrics are
+    fractions, and acc5 is NaN below 5 classes as its `evaluate` does. `best_only` (an ipo
+    prompts.json, best first): the best prompt, as `ipo export` writes it by default."""
+    by_prompt = list(zip(prompts, report.rows))
+    chosen = None if best_only else next(((p, r) for p, r in by_prompt if r.kind in ("ensemble", "per-class")), None)
+    chosen = chosen or next(((p, r) for p, r in by_prompt if r.kind != "baseline"), None)
+    if chosen is None:
+        raise IpoError("the prompts file gave no prompt to write as a CLIP_benchmark result")
+    prompt, row = chosen
     few = len(report.classnames) < 5
-    return {
-        "dataset": dataset, "model": model, "pretrained": pretrained or "none", "task": "zeroshot_classification",
+    out = {
+        "dataset": run.dataset, "model": run.model, "pretrained": run.pretrained, "task": "zeroshot_classification",
         "metrics": {"acc1": row.acc1 / 100, "acc5": float("nan") if few else row.acc5 / 100,
                     "mean_per_class_recall": row.mean_per_class_recall / 100},
-        "language": "en", "templates": [row.name],
+        "language": "en",
     }
+    if dump_templates:
+        from ipo_cli.clip.scoring import fill
+
+        # CLIP_benchmark dumps `dataset.templates`: a list with {c}, or CuPL's class -> sentences
+        out["templates"] = dict(prompt.per_class) if prompt.per_class is not None \
+            else [fill(t, "{c}") for t in prompt.templates]
+    return out

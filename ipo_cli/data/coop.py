@@ -73,8 +73,20 @@ CLIP_BENCHMARK_KEYS = {"ImageNet": "imagenet1k", "Caltech101": "caltech101", "Ox
                        "FGVCAircraft": "fgvc_aircraft", "SUN397": "sun397", "DTD": "dtd", "EuroSAT": "eurosat"}
 
 
+# CoOp's own names, the DATASET.NAME of its configs/datasets/*.yaml (KaiyangZhou/CoOp at
+# ff61507: oxford_flowers.yaml "OxfordFlowers", dtd.yaml "DescribableTextures"; the others
+# are ipo's names already), and CLIP_benchmark's keys above, with its `wds/` and `vtab/`
+# prefixes stripped as its builder.py does.
+ALIASES = {"OxfordFlowers": "Flowers102", "DescribableTextures": "DTD",
+           **{key: name for name, key in CLIP_BENCHMARK_KEYS.items()}}
+
+
 def get(name: str) -> Preset:
     lowered = {n.lower(): p for n, p in PRESETS.items()}
+    lowered.update({alias.lower(): PRESETS[target] for alias, target in ALIASES.items()})
+    for prefix in ("wds/", "vtab/"):
+        if name.lower().startswith(prefix):
+            name = name[len(prefix):]
     preset = lowered.get(name.lower())
     if preset is None:
         raise IpoError(f"unknown dataset {name!r}" + close_matches(name, list(PRESETS)),
@@ -87,7 +99,14 @@ def images_folder(preset: Preset, data_root: Path) -> Path:
 
 
 def load(name: str, data_root: Path | str | None, part: str = "train") -> Dataset:
-    """The `part` ("train", "val" or "test") of a CoOp dataset under `data_root`."""
+    """The `part` ("train", "val" or "test") of a CoOp dataset under `data_root`; its
+    images load as the reference code loads them (folders.load_image "reference")."""
+    data = _load(name, data_root, part)
+    data.image_loading = "reference"
+    return data
+
+
+def _load(name: str, data_root: Path | str | None, part: str) -> Dataset:
     preset = get(name)
     if not data_root:
         raise IpoError(f"--dataset {preset.name} needs --data-root", "the folder that holds CoOp's dataset folders ($DATA)")
@@ -110,6 +129,12 @@ def load(name: str, data_root: Path | str | None, part: str = "train") -> Datase
     if preset.reader == "imagenet":
         if part == "val":
             raise IpoError("ImageNet has no val part in CoOp (its val images are the test set)")
+        from ipo_cli.data import coop_cache
+
+        # CoOp's imagenet.py reads preprocessed.pkl, when present, instead of the folders
+        cached = coop_cache.preprocessed_imagenet(folder, images, part)
+        if cached is not None:
+            return cached
         return _class_folders(images / ("train" if part == "train" else "val"), classnames, preset)
     if preset.reader == "imagenetv2":
         wnids = list(classnames)

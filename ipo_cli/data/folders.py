@@ -6,7 +6,6 @@ drawn with a seeded `random.sample`, and the base/novel split of the sorted labe
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.gates import json_in
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
@@ -34,6 +34,9 @@ class Dataset:
     # Where each class sat in the original class list; kept through subsetting so that
     # reports can name the original labels.
     original_labels: list[int] = field(default_factory=list)
+    # How its images are decoded (see load_image): "reference" for the field's datasets
+    # (CoOp's --dataset, CLIP_benchmark shards), "ipo" for a user's folders.
+    image_loading: str = "ipo"
 
     def __post_init__(self) -> None:
         if not self.original_labels:
@@ -61,6 +64,7 @@ class Dataset:
             items=[ImageItem(it.path, remap[it.label]) for it in self.items if it.label in remap],
             root=self.root,
             original_labels=[self.original_labels[i] for i in labels],
+            image_loading=self.image_loading,
         )
 
     def without(self, paths: set[Path]) -> Dataset:
@@ -70,6 +74,7 @@ class Dataset:
             [it for it in self.items if it.path not in paths],
             self.root,
             list(self.original_labels),
+            self.image_loading,
         )
 
 
@@ -121,10 +126,7 @@ def read_classes(path: Path, key: str | None = None) -> list[str]:
 
 
 def _classnames_json(path: Path, text: str, key: str | None) -> list[str]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise IpoError(f"classes file {path} is not valid JSON: {exc}") from None
+    data = json_in.loads(text, f"classes file {path}")
     if isinstance(data, list):
         data = {"": data}
     if not isinstance(data, dict) or not data:
@@ -214,10 +216,7 @@ def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_
     split_file, root = Path(split_file), Path(root)
     if not split_file.is_file():
         raise IpoError(f"split file {split_file} does not exist")
-    try:
-        data = json.loads(read_text(split_file, "split file"))
-    except json.JSONDecodeError as exc:
-        raise IpoError(f"split file {split_file} is not valid JSON: {exc}") from None
+    data = json_in.loads(read_text(split_file, "split file"), f"split file {split_file}")
     if not isinstance(data, dict) or data.get(part) is None:
         raise IpoError(
             f"split file {split_file} has no {part!r} part",
@@ -290,7 +289,7 @@ def few_shot(dataset: Dataset, shots: int, seed: int | random.Random, strict: bo
     sampled: list[ImageItem] = []
     for items in groups.values():
         sampled.extend(rng.sample(items, shots) if len(items) >= shots else items)
-    return Dataset(dataset.classnames, sampled, dataset.root, list(dataset.original_labels))
+    return Dataset(dataset.classnames, sampled, dataset.root, list(dataset.original_labels), dataset.image_loading)
 
 
 def base_novel_labels(n_classes: int) -> tuple[list[int], list[int]]:
@@ -311,9 +310,19 @@ def load_dataset(
     split_part: str = "train",
     allow_outside_root: bool = False,
     classes_key: str | None = None,
+    classnames: list[str] | None = None,
+    cache_dir: Path | str | None = None,
 ) -> Dataset:
-    """The one entry point the commands use: a split file if given, else a class folder."""
+    """The one entry point the commands use: a split file if given, a CLIP_benchmark
+    webdataset folder (data/shards.py, `split_part` its split folder), else a class folder.
+    `classnames` (those a run's prompts.json recorded) stand in for a classes file."""
     images = Path(images)
+    if split_file is None:
+        from ipo_cli.data import shards
+
+        if shards.is_shard_folder(images):
+            names = read_classes(classes_file, classes_key) if classes_file is not None else classnames
+            return shards.load_shards(images, split_part, cache_dir, names)
     if split_file is not None:
         if not images.is_dir():
             raise IpoError(f"images folder {images} does not exist")
@@ -326,22 +335,42 @@ def load_dataset(
                     "leave out --classes with --split; the split file names its classes",
                 )
         return dataset
-    classnames = read_classes(classes_file, classes_key) if classes_file is not None else None
+    if classes_file is not None:
+        classnames = read_classes(classes_file, classes_key)
     return load_folder(images, classnames)
 
 
-def load_image(path: Path):
-    """An RGB Pillow image: EXIF orientation applied, transparency composited on white.
+IMAGE_LOADINGS = ("ipo", "reference")
+
+
+def check_image_loading(mode: str) -> str:
+    if mode not in IMAGE_LOADINGS:
+        raise IpoError(f"--image-loading must be reference or ipo, not {mode!r}")
+    return mode
+
+
+def load_image(path: Path, mode: str = "ipo"):
+    """An RGB Pillow image.
+
+    "ipo" (a user's photos): EXIF orientation applied, transparency composited on white.
+    "reference" (the field's datasets): `convert("RGB")` and nothing else, as the reference
+    code loads them, so that numbers compare: Dassl's `read_image`
+    (KaiyangZhou/Dassl.pytorch dassl/utils/tools.py: `Image.open(path).convert("RGB")`)
+    and CLIP_benchmark (torchvision's ImageFolder loader, or webdataset's PIL decoder,
+    then open_clip's preprocessing, whose first step is `image.convert("RGB")`).
 
     Raises `UnreadableImage` for a file Pillow cannot decode fully (truncated included).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from ipo_cli.gates.images import decoded, open_checked
+
     try:
-        with Image.open(path) as img:
+        with open_checked(path) as img:  # size and aspect checked before decoding (gates/images.py)
             img.seek(0)
-            img = ImageOps.exif_transpose(img)
-            img.load()
+            if mode == "reference":
+                return decoded(img).convert("RGB")
+            img = ImageOps.exif_transpose(decoded(img))
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")
             if img.mode in ("RGBA", "LA", "PA"):

@@ -17,21 +17,53 @@ ipo's schema, version 1 (`"schema": "ipo.prompts/v1"`):
          "step": 12},
         ...
       ],
+      "classes": ["t-shirt", ...],             # the classes it was optimised for (since ipo 0.x)
+      "clip_spec": {"clip": "ViT-B-16:openai", "clip_weights": null},  # how to load that CLIP
       "meta": {...}                            # free-form: run folder, settings
     }
-Extra keys are allowed; a reader ignores what it does not know.
+Extra keys are allowed; a reader ignores what it does not know. `classes` and
+`clip_spec` let `ipo classify` and `ipo eval` default to what the run used (`read_info`);
+files written before them still work with `--classes` and `--clip`.
+
+Anywhere a prompts file is taken, `paper:DATASET` names the prompts the IPO paper (or the
+official code) gives for a dataset (data/paper_prompts.json), and a `.txt` file is read as
+one template per line (CLIP_benchmark's `zeroshot_classification_templates.txt`).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
 from ipo_cli.clip.scoring import Prompt, check_template
 
 SCHEMA = "ipo.prompts/v1"
+PAPER_PREFIX = "paper:"
+PAPER_FILE = Path(__file__).with_name("paper_prompts.json")
+# CLIP_benchmark looks a `vtab/NAME`, `wds/NAME` or `tfds/NAME` key up as itself, then as
+# NAME (clip_benchmark/datasets/builder.py, build_dataset: keys_to_lookup)
+PREFIXES = ("wds/", "vtab/", "tfds/")
+
+
+def lookup_keys(key: str) -> list[str]:
+    """The keys CLIP_benchmark tries for a dataset name, in its order."""
+    if key.startswith(PREFIXES):
+        return [key, key.split("/", 1)[1]]
+    return [key]
+
+
+@dataclass
+class PromptsInfo:
+    """What a prompts file says about where it belongs (ipo's prompts.json only)."""
+
+    classes: list[str] | None = None
+    clip: str | None = None  # the --clip value the prompts were optimised with
+    clip_weights: str | None = None
+    name: str | None = None
+    from_run: bool = False  # an ipo prompts.json (best first)
 
 
 def _templates(items: Any, where: str) -> list[str]:
@@ -49,12 +81,13 @@ def select_dataset(data: Any, key: str | None, source: str) -> Any:
             or not all(isinstance(v, (list, dict)) for v in data.values()) or _is_cupl(data):
         return data
     lookup = {k.lower(): k for k in data}
-    if key.lower() not in lookup:
-        from ipo_cli.errors import close_matches
+    for candidate in lookup_keys(key):
+        if candidate.lower() in lookup:
+            return {lookup[candidate.lower()]: data[lookup[candidate.lower()]]}
+    from ipo_cli.errors import close_matches
 
-        raise IpoError(f"{source} has no dataset {key!r}" + close_matches(key, list(data)),
-                       f"choose one of: {', '.join(list(data)[:12])}")
-    return {lookup[key.lower()]: data[lookup[key.lower()]]}
+    raise IpoError(f"{source} has no dataset {key!r}" + close_matches(key, list(data)),
+                   f"choose one of: {', '.join(list(data)[:12])}")
 
 
 def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
@@ -119,16 +152,100 @@ def _with_ensemble(templates: list[str], ensemble_name: str) -> list[Prompt]:
     return rows
 
 
-def read_prompts(path: Path, dataset: str | None = None) -> list[Prompt]:
+def load_source(path: Path | str) -> tuple[Any, str]:
+    """The parsed content of a prompts file and how to name it in messages: a JSON file,
+    a `.txt` file of one template per line, or `paper:DATASET`."""
+    text_path = str(path)
+    if text_path.startswith(PAPER_PREFIX):
+        return paper_prompts(text_path[len(PAPER_PREFIX):]), f"the paper's prompts for {text_path[len(PAPER_PREFIX):]}"
     path = Path(path)
     if not path.is_file():
-        raise IpoError(f"prompts file {path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IpoError(f"prompts file {path} is not valid JSON: {exc}") from None
+        raise IpoError(f"prompts file {path} does not exist",
+                       "pass a JSON prompts file, a .txt file of templates, or paper:DATASET")
     source = f"prompts file {path}"
+    from ipo_cli.data.folders import read_text
+
+    text = read_text(path, "prompts file")
+    if path.suffix.lower() == ".txt":
+        # CLIP_benchmark's zeroshot_classification_templates.txt: one template per line,
+        # each stripped (clip_benchmark/datasets/builder.py, build_wds_dataset)
+        return [line.strip() for line in text.splitlines() if line.strip()], source
+    return json_in.loads(text, source), source
+
+
+def read_prompts(path: Path | str, dataset: str | None = None) -> list[Prompt]:
+    data, source = load_source(path)
     return parse_prompts(select_dataset(data, dataset, source), source)
+
+
+def read_info(path: Path | str) -> PromptsInfo:
+    """The classes and CLIP an ipo prompts.json was made for; empty for other files."""
+    data, source = load_source(path)
+    if not (isinstance(data, dict) and str(data.get("schema", "")).startswith("ipo.prompts/")):
+        return PromptsInfo()
+    classes = data.get("classes")
+    if classes is not None and not (isinstance(classes, list) and classes
+                                    and all(isinstance(c, str) and c.strip() for c in classes)):
+        raise IpoError(f"{source}: 'classes' must be a list of class names")
+    spec = data.get("clip_spec") if isinstance(data.get("clip_spec"), dict) else {}
+    clip, weights = spec.get("clip"), spec.get("clip_weights")
+    if not isinstance(clip, str) or not clip:
+        clip = None
+    if not isinstance(weights, str) or not weights:
+        weights = None
+    return PromptsInfo(classes, clip, weights, data.get("name") if isinstance(data.get("name"), str) else None, True)
+
+
+def resolve_clip(info: PromptsInfo, clip: str | None, clip_weights: Path | str | None,
+                 default: str = "ViT-B-16:openai") -> tuple[str, str | None]:
+    """--clip and --clip-weights, defaulting to the CLIP the prompts were optimised with; a
+    flag that names another is an error that says which differs."""
+    if info.clip is None:
+        return clip or default, str(clip_weights) if clip_weights else None
+    if clip is not None and clip.strip() != info.clip:
+        raise IpoError(f"--clip {clip} differs from the CLIP these prompts were optimised with ({info.clip})",
+                       "leave out --clip to use the run's, or `ipo export` the prompts to score them with another")
+    if clip_weights is not None and info.clip_weights is not None \
+            and Path(clip_weights).resolve() != Path(info.clip_weights).resolve():
+        raise IpoError(f"--clip-weights {clip_weights} differs from the checkpoint these prompts were optimised "
+                       f"with ({info.clip_weights})", "leave out --clip-weights to use the run's")
+    weights = str(clip_weights) if clip_weights is not None else info.clip_weights
+    return info.clip, weights
+
+
+def resolve_classes(info: PromptsInfo, classes: list[str] | None, flag: str = "--classes") -> list[str] | None:
+    """The class names to use: those given, else the run's; both, and different, is an error."""
+    if classes is None or info.classes is None:
+        return classes if classes is not None else info.classes
+    from ipo_cli.data.folders import normalize_name
+
+    given, saved = [normalize_name(c) for c in classes], [normalize_name(c) for c in info.classes]
+    if given != saved:
+        extra = [c for c in classes if normalize_name(c) not in saved]
+        missing = [c for c in info.classes if normalize_name(c) not in given]
+        what = (f"it adds {', '.join(extra[:3])}" if extra else "") + ("; " if extra and missing else "") + \
+            (f"it lacks {', '.join(missing[:3])}" if missing else "") or "the order differs"
+        raise IpoError(f"{flag} differs from the classes these prompts were optimised for ({what})",
+                       "leave it out to use the run's classes, or `ipo export` the prompts for other classes")
+    return classes
+
+
+def paper_prompts(dataset: str) -> list[str]:
+    """The prompts the IPO paper (or its official code) gives for `dataset`: a template
+    list, so that any `--dataset` key picks it."""
+    table = json_in.read_json(PAPER_FILE, "ipo's paper prompts")["datasets"]
+    from ipo_cli.data import coop
+
+    lookup = {k.lower(): k for k in table}
+    try:
+        name = coop.get(dataset).name
+    except IpoError:
+        name = dataset
+    key = lookup.get(name.lower())
+    if key is None:
+        raise IpoError(f"ipo holds no prompt of the paper for {dataset!r}",
+                       f"it holds: {', '.join(table)} (see data/paper_prompts.json for where each comes from)")
+    return [entry["template"] for entry in table[key]]
 
 
 def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:

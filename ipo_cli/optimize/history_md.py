@@ -3,6 +3,9 @@ history.md, prompts.json (read by `ipo eval`) and a CLIP_benchmark template file
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from ipo_cli.optimize.loop import LoopResult
 from ipo_cli.data.prompts import SCHEMA, to_clip_benchmark
 from ipo_cli.optimize.run_folder import RunFolder
@@ -52,7 +55,8 @@ def history_markdown(records: list[dict], result: LoopResult, select: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def prompts_document(result: LoopResult, name: str, clip: str, select: str, meta: dict) -> dict:
+def prompts_document(result: LoopResult, name: str, clip: str, select: str, meta: dict,
+                     run_config: dict | None = None) -> dict:
     prompts = []
     for rank, r in enumerate(result.ranking[:TOP_K], 1):
         entry = {"template": r["template"], "rank": rank, "acc1": r["accuracy"], "loss": r["loss"],
@@ -60,13 +64,27 @@ def prompts_document(result: LoopResult, name: str, clip: str, select: str, meta
         if select == "val":
             entry.update(val_acc1=r["val_accuracy"], val_loss=r["val_loss"])
         prompts.append(entry)
-    return {"schema": SCHEMA, "name": name, "clip": clip, "best": result.best["template"],
-            "selected_on": select, "prompts": prompts, "meta": meta}
+    document = {"schema": SCHEMA, "name": name, "clip": clip, "best": result.best["template"],
+                "selected_on": select, "prompts": prompts, "meta": meta}
+    if run_config:
+        # what `ipo classify` and `ipo eval` default to (data/prompts.py, read_info)
+        request = run_config.get("request") or {}
+        if run_config.get("classnames"):
+            document["classes"] = list(run_config["classnames"])
+        if request.get("clip"):
+            weights = request.get("clip_weights")
+            document["clip_spec"] = {"clip": request["clip"],
+                                     "clip_weights": str(Path(weights).resolve()) if weights else None}
+    return document
 
 
 def write_outputs(folder: RunFolder, result: LoopResult, name: str, clip: str, select: str, meta: dict) -> None:
     folder.write_text("history.md", history_markdown(folder.records(), result, select))
-    document = prompts_document(result, name, clip, select, meta)
+    try:
+        run_config = json.loads((folder.path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        run_config = None
+    document = prompts_document(result, name, clip, select, meta, run_config if isinstance(run_config, dict) else None)
     folder.write_json("prompts.json", document)
     folder.write_json("templates_clip_benchmark.json",
                       to_clip_benchmark(name, [p["template"] for p in document["prompts"]]))

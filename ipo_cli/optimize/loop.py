@@ -30,13 +30,17 @@ class LoopSettings:
     steps: int = 100
     candidates: int = 5
     history: int = 20
-    patience: int = 20
+    patience: int = 20  # 0: never stop early (the official code runs all its steps)
     seed: int = 1
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 160  # enough for any answer the grammar allows
     task_hint: str | None = None
     select: str = "train"  # or "val"
+    # prompts scoring under this training accuracy (%) are left out of the meta-prompt's
+    # history; the official code hides those under 20 (lmsdss/IPO train.py,
+    # old_instruction_score_threshold = 20, applied in optimization/opt_utils.py)
+    hide_below: float = 0.0
 
 
 @dataclass
@@ -213,7 +217,7 @@ class Optimizer:
         stopped_early = False
         first = state.steps_done[-1]["step"] + 1
         for step in range(first, self.settings.steps + 1):
-            if self.stale_steps(state) >= self.settings.patience:
+            if self.settings.patience and self.stale_steps(state) >= self.settings.patience:
                 stopped_early = True
                 break
             self.run_step(state, step)
@@ -226,7 +230,8 @@ class Optimizer:
 
     def run_step(self, state: LoopState, step: int) -> None:
         start = time.perf_counter()
-        history = [mp.HistoryItem(r["template"], r["accuracy"], r["loss"]) for r in state.valid]
+        history = [mp.HistoryItem(r["template"], r["accuracy"], r["loss"]) for r in state.valid
+                   if r["accuracy"] >= self.settings.hide_below]
         budget = (self.llm.n_ctx or 8192) - self.settings.max_tokens - 16
         meta = mp.build(history, self.descriptions, self.llm.count_tokens, budget, self.settings.history,
                         self.settings.task_hint, self.settings.seed)
