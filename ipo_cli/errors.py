@@ -1,4 +1,11 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2.
+
+The library raises the subclass that says what kind of problem it is, so a caller (the
+CLI's `cli/errors.py`, or a program using ipo as a library) can tell a bad argument from a
+missing file, a failed download or a model that cannot run, without parsing the message.
+Every subclass is still an `IpoError`: `except IpoError` catches them all, the exit code
+is 2 for all of them and the message is the same as before the split.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +25,22 @@ class IpoError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class InvalidInput(IpoError):
+    """A value the user passed (a flag, a setting, a file's content) is not usable as it is."""
+
+
+class NotFound(IpoError):
+    """Something named does not exist: a file, a folder, a model, a dataset, a run."""
+
+
+class NetworkError(IpoError):
+    """A server (the model hub, an OpenAI-compatible or Ollama server) failed or answered badly."""
+
+
+class ModelError(IpoError):
+    """A model cannot be loaded or run: a broken GGUF, a missing backend, too little memory."""
 
 
 def close_matches(name: str, choices: list[str], n: int = 3) -> str:

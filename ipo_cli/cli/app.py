@@ -13,19 +13,23 @@ import typer
 
 from ipo_cli import __version__
 from ipo_cli.cli import cache as cache_cmds
-from ipo_cli.cli import classify, describe, evaluate, models, optimize, report
+from ipo_cli.cli import classify, describe, evaluate, export, models, optimize, report
 from ipo_cli.cli.console import out
+from ipo_cli.cli.help import PanelCommand, PanelGroup
 
 app = typer.Typer(
+    cls=PanelGroup,
     name="ipo",
     help="Find human-readable prompts for CLIP models with a local LLM in the loop (IPO).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
-cache_app = typer.Typer(help="The on-disk caches of image embeddings, captions and LLM answers.", no_args_is_help=True)
-models_app = typer.Typer(help="The local model store: list, show, pull, add, rm, path.", no_args_is_help=True)
+cache_app = typer.Typer(cls=PanelGroup, help="The on-disk caches of image embeddings, captions and LLM answers.", no_args_is_help=True,
+                      rich_markup_mode=None)
+models_app = typer.Typer(cls=PanelGroup, help="The local model store: list, show, pull, add, rm, path.", no_args_is_help=True,
+                       rich_markup_mode=None)
 
 
 def _version(value: bool) -> None:
@@ -41,21 +45,23 @@ def _root(
     """ipo: interpretable prompt optimisation for CLIP, offline."""
 
 
-app.command("optimize")(optimize.optimize_cmd)
-app.command("eval")(evaluate.eval_cmd)
-app.command("classify")(classify.classify_cmd)
-app.command("describe")(describe.describe_cmd)
-app.command("report")(report.report_cmd)
-app.command("bench")(optimize.bench_cmd)
+app.command("optimize", cls=PanelCommand)(optimize.optimize_cmd)
+app.command("eval", cls=PanelCommand)(evaluate.eval_cmd)
+app.command("classify", cls=PanelCommand)(classify.classify_cmd)
+app.command("describe", cls=PanelCommand)(describe.describe_cmd)
+app.command("report", cls=PanelCommand)(report.report_cmd)
+app.command("bench", cls=PanelCommand)(optimize.bench_cmd)
+app.command("export", cls=PanelCommand)(export.export_cmd)
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
-models_app.command("list")(models.models_list)
-models_app.command("pull")(models.models_pull)
-models_app.command("add")(models.models_add)
-models_app.command("rm")(models.models_rm)
-models_app.command("path")(models.models_path)
-cache_app.command("info")(cache_cmds.cache_info)
-cache_app.command("clear")(cache_cmds.cache_clear)
+models_app.command("list", cls=PanelCommand)(models.models_list)
+models_app.command("show", cls=PanelCommand)(models.models_show)
+models_app.command("pull", cls=PanelCommand)(models.models_pull)
+models_app.command("add", cls=PanelCommand)(models.models_add)
+models_app.command("rm", cls=PanelCommand)(models.models_rm)
+models_app.command("path", cls=PanelCommand)(models.models_path)
+cache_app.command("info", cls=PanelCommand)(cache_cmds.cache_info)
+cache_app.command("clear", cls=PanelCommand)(cache_cmds.cache_clear)
 
 
 def main() -> None:

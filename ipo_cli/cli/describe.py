@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from ipo_cli.cli.console import out, progress_bar, status, warn
-from ipo_cli.cli.options import ClassesOpt, CacheDirOpt, JsonOpt, GpuLayersOpt
-from ipo_cli.cli.output import check_out, write_out
+from ipo_cli.cli.options import MODELS, OUTPUT, CacheDirOpt, ClassesOpt, GpuLayersOpt, JsonOpt
+from ipo_cli.cli.output import check_out, show, write_out
 
 
 # ---- ipo describe -----------------------------------------------------------------
@@ -18,36 +18,32 @@ from ipo_cli.cli.output import check_out, write_out
 def describe_cmd(
     images: Annotated[Path, typer.Argument(help="A folder of class folders, or a flat folder of images.")],
     classes: ClassesOpt = None,
-    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Catalogue name, installed name or GGUF file of the multimodal model.")] = None,
-    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.")] = None,
-    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf (default mtmd).")] = None,
-    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.")] = None,
-    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.")] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.")] = 160,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Catalogue name, installed name or GGUF file of the multimodal model.", rich_help_panel=MODELS)] = None,
+    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.", rich_help_panel=MODELS)] = None,
+    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf (default mtmd).", rich_help_panel=MODELS)] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.", rich_help_panel=MODELS)] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.", rich_help_panel=MODELS)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).", rich_help_panel=MODELS)] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.", rich_help_panel=MODELS)] = 160,
     gpu_layers: GpuLayersOpt = None,
     cache_dir: CacheDirOpt = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the captions as JSON lines to this file.")] = None,
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the captions as JSON lines to this file.", rich_help_panel=OUTPUT)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Caption images with a multimodal model (cached), redacting class names."""
     from ipo_cli import cache
     from ipo_cli.llm import captions as describe
+    from ipo_cli.llm.machine_defaults import defaults_machine
 
     check_out(out_file)
     paths, labels, classnames = describe.collect_images(images, classes)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
-    machine = "cpu"
-    if not lmm and not lmm_url:
-        from ipo_cli.llm import placement as hardware
-
-        found = hardware.machine()
-        if found.warning:
-            warn(found.warning)
-        machine = found.kind
+    machine = defaults_machine(lmm, lmm_url)
+    if machine.warning:
+        warn(machine.warning)
     with status("loading the multimodal model"):
         backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model, gpu_layers=gpu_layers,
-                                       machine=machine)
+                                       machine=machine.kind)
     captioner = describe.Captioner(backend, cache.Store(cache.cache_root(cache_dir), "captions"), settings)
     with progress_bar("captioning", len(paths), quiet=as_json) as advance:
         report = captioner.caption(paths, classnames, labels, progress=advance)
@@ -56,20 +52,20 @@ def describe_cmd(
     lines = report.to_json_lines()
     if out_file:
         write_out(out_file, "".join(json.dumps(line) + "\n" for line in lines))
-    if as_json:
-        for line in lines:
-            print(json.dumps(line))
-        print(json.dumps({"summary": report.summary(), "failed": [{"path": p, "reason": r} for p, r in report.failed]}))
-        return
-    from rich.table import Table
+    summary = {"summary": report.summary(), "failed": [{"path": p, "reason": r} for p, r in report.failed]}
 
-    table = Table(title=f"captions by {report.model}")
-    table.add_column("image", overflow="fold")
-    table.add_column("class")
-    table.add_column("caption", overflow="fold")
-    for c in report.captions:
-        table.add_row(Path(c.path).name, c.label or "", c.caption)
-    out.print(table)
-    s = report.summary()
-    out.print(f"captioned {s['captioned']} ({s['from_cache']} from cache), failed {s['failed']}, "
-              f"class names redacted {s['redactions']} time(s)" + (f"; written to {out_file}" if out_file else ""))
+    def render(_: Any) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"captions by {report.model}")
+        table.add_column("image", overflow="fold")
+        table.add_column("class")
+        table.add_column("caption", overflow="fold")
+        for c in report.captions:
+            table.add_row(Path(c.path).name, c.label or "", c.caption)
+        out.print(table)
+        s = report.summary()
+        out.print(f"captioned {s['captioned']} ({s['from_cache']} from cache), failed {s['failed']}, "
+                  f"class names redacted {s['redactions']} time(s)" + (f"; written to {out_file}" if out_file else ""))
+
+    show([*lines, summary], as_json, render, lines=True)

@@ -1,17 +1,67 @@
 """The error mapping of the CLI: every library error, usage error, signal or bug becomes one
-line on stderr and an exit code (IpoError 2, usage 2, Ctrl-C 130, SIGTERM 143, bug 1)."""
+line on stderr and an exit code (IpoError 2, usage 2, Ctrl-C 130, SIGTERM 143, bug 1).
+
+Known exceptions are looked up in one table, type by type, as huggingface_hub's CLI does
+(`CLI_ERROR_MAPPINGS` and `format_known_exception` in huggingface/huggingface_hub,
+src/huggingface_hub/cli/_errors.py). The library's errors are `IpoError` subclasses
+(ipo_cli/errors.py); each row says how that kind is worded on the terminal.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from ipo_cli.cli.console import err, fail, warn
-from ipo_cli.errors import IpoError
+from ipo_cli.errors import InvalidInput, IpoError, ModelError, NetworkError, NotFound
 
 
-def run(app) -> None:
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n"))
+
+
+# The most specific type first; the first row an exception is an instance of wins. Every
+# kind is worded as the library wrote it (its message, then "; " and its hint), so the kinds
+# differ for programs that catch them, not in what a user reads.
+CLI_ERROR_MAPPINGS: dict[type[BaseException], Callable[[Any], str]] = {
+    InvalidInput: _one_line,
+    NotFound: _one_line,
+    NetworkError: _one_line,
+    ModelError: _one_line,
+    IpoError: _one_line,
+}
+
+
+def format_known_exception(exc: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit code of a library error, or None for anything else."""
+    for kind, formatter in CLI_ERROR_MAPPINGS.items():
+        if isinstance(exc, kind):
+            return formatter(exc), getattr(exc, "exit_code", 2)
+    return None
+
+
+def _format_click_exception(exc: BaseException) -> tuple[str | None, int] | None:
+    """Click's own errors, known by class name: Typer may vendor click (typer._click).
+
+    (None, code) means: print click's message as it is (the help of `ipo models`)."""
+    kinds = {cls.__name__ for cls in type(exc).__mro__}
+    message = getattr(exc, "format_message", lambda: str(exc))
+    if "NoArgsIsHelpError" in kinds:
+        err.print(message())
+        return None, 2
+    if "UsageError" in kinds:
+        ctx = getattr(exc, "ctx", None)
+        command = ctx.command_path if ctx is not None else "ipo"
+        return f"{' '.join(message().split())} (see: {command} --help)", getattr(exc, "exit_code", 2)
+    if "ClickException" in kinds:
+        return " ".join(message().split()), getattr(exc, "exit_code", 1)
+    return None
+
+
+def run(app: Callable[..., Any]) -> None:
     """Entry point: every error is one line on stderr and a non-zero exit code.
 
     Typer runs outside click's standalone mode so that usage errors (a bad flag, a value
@@ -26,6 +76,10 @@ def run(app) -> None:
     from ipo_cli import cache
 
     cache.set_warner(warn)
+    cache.keep_third_party_caches_inside(cache.cache_root())
+    from ipo_cli.gates.text import tolerant_streams
+
+    tolerant_streams()  # a terminal that cannot show a character gets "?" instead of a crash
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
@@ -33,28 +87,27 @@ def run(app) -> None:
     except IpoError as exc:
         if debug:
             raise
-        fail(" ".join(str(exc).split("\n")))
-        _exit(exc.exit_code)
+        message, status = format_known_exception(exc) or (_one_line(exc), 2)
+        fail(message)
+        _exit(status)
     except KeyboardInterrupt:
         _interrupted()
     except Exception as exc:  # noqa: BLE001 - click's own errors, then bugs
-        kinds = {cls.__name__ for cls in type(exc).__mro__}
-        # Typer may vendor click (typer._click): its exceptions are known by their class names.
-        if "NoArgsIsHelpError" in kinds:
-            err.print(exc.format_message())
-            _exit(2)
-        if "UsageError" in kinds:
-            ctx = getattr(exc, "ctx", None)
-            command = ctx.command_path if ctx is not None else "ipo"
-            fail(f"{' '.join(exc.format_message().split())} (see: {command} --help)")
-            _exit(exc.exit_code)
-        if "ClickException" in kinds:
-            fail(" ".join(exc.format_message().split()))
-            _exit(exc.exit_code)
-        if "Abort" in kinds:
+        known = _format_click_exception(exc)
+        if known is not None:
+            message, status = known
+            if message is not None:
+                fail(message)
+            _exit(status)
+        if "Abort" in {cls.__name__ for cls in type(exc).__mro__}:
             _interrupted()
         if debug:
             raise
+        if isinstance(exc, OSError):  # said by what it is (no space, name too long, ...) with the path
+            from ipo_cli.gates.paths import os_error
+
+            fail(_one_line(os_error(exc, "a file operation failed")))
+            _exit(2)
         fail(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
              "(set IPO_DEBUG=1 for the traceback and report it)")
         _exit(1)
@@ -67,7 +120,7 @@ TERMINATED = [False]
 SUMMARY_SHOWN = [False]  # optimize already said it stopped, with the resume hint
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     """Leave with this code; a Ctrl-C that arrives while leaving changes nothing."""
     import signal
 
@@ -76,13 +129,13 @@ def _exit(code: int) -> None:
     sys.exit(code)
 
 
-def _interrupted() -> None:
+def _interrupted() -> NoReturn:
     terminated = TERMINATED[0]
     fail("terminated" if terminated else "interrupted")
     _exit(143 if terminated else 130)
 
 
-def _terminated(signum, frame) -> None:
+def _terminated(signum: int, frame: object) -> None:
     """SIGTERM: stop like Ctrl-C (what is scored is saved, the resume hint is printed)."""
     TERMINATED[0] = True
     raise KeyboardInterrupt

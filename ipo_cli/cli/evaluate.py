@@ -4,87 +4,81 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
-from rich.text import Text
 
 from ipo_cli.cli.console import err, out, progress_bar, status, warn
-from ipo_cli.cli.options import ClassesOpt, SplitOpt, ClipOpt, ClipWeightsOpt, CacheDirOpt, DeviceOpt, JsonOpt, DatasetOpt, DataRootOpt, OutsideRootOpt
-from ipo_cli.cli.output import check_out, write_out
+from ipo_cli.cli.options import (
+    CLIP,
+    DATA,
+    OUTPUT,
+    CacheDirOpt,
+    ClassesOpt,
+    ClipOpt,
+    ClipWeightsOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutsideRootOpt,
+    SplitOpt,
+)
+from ipo_cli.cli.output import check_out, show, write_out
 from ipo_cli.errors import IpoError
-
 
 # ---- ipo eval ---------------------------------------------------------------------
 
 def eval_cmd(
     prompts: Annotated[Path, typer.Argument(help="JSON list of templates, a CLIP_benchmark template file, or an ipo prompts.json.")],
-    images: Annotated[Optional[Path], typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).")] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).", rich_help_panel=DATA)] = None,
     dataset: DatasetOpt = None,
     data_root: DataRootOpt = None,
     classes: ClassesOpt = None,
     split: SplitOpt = None,
-    split_part: Annotated[str, typer.Option("--split-part", help="Which part of --split to score.")] = "test",
+    split_part: Annotated[str, typer.Option("--split-part", help="Which part of --split to score.", rich_help_panel=DATA)] = "test",
     allow_outside_root: OutsideRootOpt = False,
-    shots: Annotated[Optional[int], typer.Option("--shots", min=1, help="Score only K images per class (seeded sample).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots sample and the bootstrap.")] = 1,
-    base_novel: Annotated[bool, typer.Option("--base-novel", help="Also report base, novel and harmonic mean H (CoOp protocol).")] = False,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template every prompt is compared with (default: CoOp's for --dataset, else 'a photo of a {}.').")] = None,
-    clip: ClipOpt = "ViT-B-16:openai",
+    shots: Annotated[Optional[int], typer.Option("--shots", min=1, help="Score only K images per class (seeded sample).", rich_help_panel=DATA)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots sample and the bootstrap.", rich_help_panel=DATA)] = 1,
+    base_novel: Annotated[bool, typer.Option("--base-novel", help="Also report base, novel and harmonic mean H (CoOp protocol).", rich_help_panel=OUTPUT)] = False,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template every prompt is compared with (default: CoOp's for --dataset, else 'a photo of a {}.').", rich_help_panel=OUTPUT)] = None,
+    clip: ClipOpt = None,  # default: the CLIP a run's prompts.json names, else ViT-B-16:openai
     clip_weights: ClipWeightsOpt = None,
     cache_dir: CacheDirOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    image_loading: Annotated[Optional[str], typer.Option("--image-loading", help="How images are decoded: reference (convert to RGB only, as CoOp/Dassl and CLIP_benchmark; the default for --dataset and shards) or ipo (EXIF rotation, transparency on white; the default for your folders).", rich_help_panel=DATA)] = None,
+    dump_templates: Annotated[bool, typer.Option("--dump-templates", help="With --format clip_benchmark: record the templates in the result, as CLIP_benchmark's --dump_templates.", rich_help_panel=OUTPUT)] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.", rich_help_panel=CLIP)] = 32,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.")] = None,
-    truncate_long: Annotated[bool, typer.Option("--truncate-long", help="Score prompts longer than CLIP's 77 tokens cut to fit (with a warning) instead of refusing them.")] = False,
-    out_format: Annotated[str, typer.Option("--format", help="What --out holds: ipo (every prompt) or clip_benchmark (the first prompt, in CLIP_benchmark's result JSON).")] = "ipo",
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.", rich_help_panel=OUTPUT)] = None,
+    truncate_long: Annotated[bool, typer.Option("--truncate-long", help="Score prompts longer than CLIP's 77 tokens cut to fit (with a warning) instead of refusing them.", rich_help_panel=CLIP)] = False,
+    out_format: Annotated[str, typer.Option("--format", help="What --out holds: ipo (every prompt) or clip_benchmark (CLIP_benchmark's result JSON: the file's ensemble as it scores it, a run's best prompt; --out FOLDER/ names the file as CLIP_benchmark does).", rich_help_panel=OUTPUT)] = "ipo",
 ) -> None:
     """Score prompt templates on labelled images: top-1, top-5, mean per-class recall.
 
     With --dataset NAME --data-root DIR the images are a CoOp dataset; with --dataset KEY
     --images DIR, KEY picks one dataset of a CLIP_benchmark template or classnames file."""
     from ipo_cli import cache
-    from ipo_cli.data import folders as ds
-    from ipo_cli.clip import evaluate
-    from ipo_cli.data import prompts as pr
-    from ipo_cli.clip import model as vision
-    from ipo_cli.clip import spec as clip_spec
-    from ipo_cli.clip import warm
-    from ipo_cli.clip.scoring import Prompt
+    from ipo_cli.clip import evaluate, sources
+    from ipo_cli.clip.loading import open_clip_model
 
-    check_out(out_file)
-    if split_part not in ("train", "val", "test"):
-        raise IpoError(f"--split-part must be train, val or test, not {split_part!r}")
+    from ipo_cli.data import prompts as prompt_files
+
+    to_folder = out_format == "clip_benchmark" and out_file is not None and (out_file.is_dir() or str(out_file).endswith("/"))
+    check_out(None if to_folder else out_file)
+    sources.check_split_part(split_part)
     if out_format not in ("ipo", "clip_benchmark"):
         raise IpoError(f"--format must be ipo or clip_benchmark, not {out_format!r}")
-    if dataset and images is None:
-        from ipo_cli.data import coop as presets
-
-        if split or classes:
-            raise IpoError("--dataset with --data-root says where the images are; leave out --split and --classes")
-        preset = presets.get(dataset)
-        prompt_list = pr.read_prompts(prompts, presets.CLIP_BENCHMARK_KEYS.get(preset.name, preset.name))
-        data = presets.load(dataset, data_root, split_part)
-        baseline = baseline or preset.template
-    elif images is None:
-        raise IpoError("missing --images", "pass --images DIR, or --dataset NAME --data-root DIR")
-    else:
-        prompt_list = pr.read_prompts(prompts, dataset)
-        data = ds.load_dataset(images, classes, split, split_part, allow_outside_root, classes_key=dataset)
-    baseline = baseline or "a photo of a {}."
-    if shots:
-        data = ds.few_shot(data, shots, seed)
+    info = prompt_files.read_info(prompts)  # a run's prompts.json: its CLIP is the default
+    clip, clip_weights = prompt_files.resolve_clip(info, clip, clip_weights)
+    inputs = sources.eval_inputs(prompts, images, dataset, data_root, classes, split, split_part,
+                                 allow_outside_root, shots, seed, baseline, cache_dir, image_loading)
+    data, prompt_list, baseline = inputs.data, inputs.prompts, inputs.baseline
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     # When the cache holds every embedding this evaluation needs, neither torch nor
     # open_clip is imported and no model is loaded.
-    texts = [t for p in [*prompt_list, Prompt(baseline, [baseline])] for ts in p.texts(data.classnames) for t in ts]
-    model = warm.cached_clip(clip, clip_weights, store, data.paths, texts, device)
-    if model is None:
-        spec = clip_spec.parse_clip(clip, clip_weights)
-        with status(f"loading CLIP {spec.identity}"):
-            model = vision.load_clip(spec, device)
-        model.remember(store)
+    model = open_clip_model(clip, clip_weights, store, data.paths, inputs.texts(), device,
+                            loading=lambda identity: status(f"loading CLIP {identity}"), image_loading=data.image_loading)
     for line in evaluate.check_text_lengths(model, prompt_list, data.classnames, baseline, truncate_long):
         warn(line)
     with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
@@ -97,22 +91,26 @@ def eval_cmd(
                        "model_loaded": not getattr(model, "warm", False)}
     if out_file:
         if out_format == "clip_benchmark":
-            name = dataset or (images.resolve().name if images else "dataset")
-            write_out(out_file, json.dumps(evaluate.to_clip_benchmark(report, name, model.identity)) + "\n")
+            run = evaluate.benchmark_run(dataset or (images.resolve().name if images else "dataset"), clip, clip_weights)
+            out_file = out_file / run.file_name() if to_folder else out_file
+            write_out(out_file, json.dumps(evaluate.to_clip_benchmark(
+                report, prompt_list, run, dump_templates, best_only=info.from_run)) + "\n")
         else:
             write_out(out_file, json.dumps(result, indent=2) + "\n")
-    if as_json:
-        print(json.dumps(result))
-    else:
+
+    def render(_: dict[str, Any]) -> None:
         _render_eval(report)
         if embedded.skipped:
             warn(f"{len(embedded.skipped)} unreadable image(s) skipped")
         if out_file:
             err.print(f"results written to {out_file}")
 
+    show(result, as_json, render)
 
-def _render_eval(report) -> None:
+
+def _render_eval(report: Any) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{report.n_images} images, {len(report.classnames)} classes, CLIP {report.clip}")
     with_dataset = any(row.dataset for row in report.rows)

@@ -2,41 +2,86 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.text import Text
 
 from ipo_cli.cli.console import err, out
 from ipo_cli.cli.options import JsonOpt
-from ipo_cli.cli.output import human_bytes
+from ipo_cli.cli.output import human_bytes, show
 from ipo_cli.errors import IpoError
 
 
 # ---- ipo models -------------------------------------------------------------------
 
 def models_list(as_json: JsonOpt = False) -> None:
-    """Catalogue and local models, installed or not, with sizes."""
+    """Catalogue and local models, one line each (details: ipo models show NAME)."""
     from ipo_cli.store import local, pull
 
     rows = pull.list_models()
-    if as_json:
-        print(json.dumps([r.__dict__ for r in rows]))
-        return
+
+    def render(_: Any) -> None:
+        from rich.table import Table
+
+        table = Table(title="models")
+        for col in ("name", "kind", "installed", "size", "handler", "pinned"):
+            table.add_column(col, no_wrap=True)
+        for r in rows:
+            pinned = "" if r.pinned is None else "yes" if r.pinned else Text("hub hash", style="yellow")
+            table.add_row(r.name, r.kind, Text("yes", style="green") if r.installed else "no",
+                          human_bytes(r.size) if r.size else "?", r.handler or "", pinned)
+        out.print(table)
+        out.print(f"store: {local.models_dir()}; details: ipo models show NAME")
+
+    show([r.__dict__ for r in rows], as_json, render)
+
+
+def models_show(
+    name: Annotated[str, typer.Argument(help="A catalogue or installed model name (see ipo models list).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One model in full: note, hub revision, files, sizes, sha256s, sources."""
+    from ipo_cli.store.info import model_info
+
+    show(model_info(name), as_json, _render_model)
+
+
+def _render_model(info: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"models (store: {local.models_dir()})")
-    for col in ("name", "kind", "installed", "size", "handler", "pinned"):
-        table.add_column(col, no_wrap=True)
-    table.add_column("when to choose it", overflow="fold")
-    for r in rows:
-        pinned = "" if r.pinned is None else "yes" if r.pinned else Text("hub hash", style="yellow")
-        table.add_row(r.name, r.kind, Text("yes", style="green") if r.installed else "no",
-                      human_bytes(r.size) if r.size else "?", r.handler or "", pinned, r.note)
+    table = Table(title=f"{info['name']} ({info['kind']})", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    entry, local = info.get("catalogue"), info.get("local")
+    if entry:
+        table.add_row("when to choose it", entry["note"])
+        table.add_row("license", entry["license"])
+        table.add_row("context", str(entry["n_ctx"]))
+        if entry["handler"]:
+            table.add_row("chat handler", entry["handler"])
+        if entry["default_for"]:
+            table.add_row("default on", ", ".join(f"a {m} machine" for m in entry["default_for"]))
+        table.add_row("hub", f"{entry['repo']} at revision {entry['revision']}")
+        for role, f in entry["files"].items():
+            size = human_bytes(f["size"]) if isinstance(f.get("size"), int) else "size unknown"
+            table.add_row(role, f"{f.get('file') or '?'} ({size})")
+            table.add_row(f"{role} sha256", f.get("sha256") or Text("not published: checked against the hub's", style="yellow"))
+        table.add_row("pinned", "yes" if entry["pinned"] else "no")
+        for i, source in enumerate(entry["cite"]):
+            table.add_row("checked against" if i == 0 else "", source)
+    table.add_row("installed", Text("yes", style="green") if local else "no")
+    if local:
+        table.add_row("source", "pulled from the catalogue" if local["source"] == "catalogue" else "added with ipo models add")
+        for role, record in local["files"].items():
+            table.add_row(f"{role} file", f"{record['path']} ({human_bytes(record['size'])})")
+            table.add_row(f"{role} sha256", record["sha256"])
+        if not entry:
+            table.add_row("context", str(local["n_ctx"]))
+            if local["handler"]:
+                table.add_row("chat handler", local["handler"])
     out.print(table)
-
 
 
 def models_pull(name: Annotated[str, typer.Argument(help="A catalogue name (see ipo models list).")]) -> None:

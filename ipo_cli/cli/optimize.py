@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,8 +9,23 @@ import typer
 from rich.text import Text
 
 from ipo_cli.cli.console import err, fail, out, progress_bar, status, warn
-from ipo_cli.cli.options import ClassesOpt, SplitOpt, ClipWeightsOpt, CacheDirOpt, DeviceOpt, JsonOpt, DatasetOpt, DataRootOpt, GpuLayersOpt
-from ipo_cli.cli.output import human_bytes
+from ipo_cli.cli.options import (
+    CLIP,
+    DATA,
+    LOOP,
+    MODELS,
+    OUTPUT,
+    CacheDirOpt,
+    ClassesOpt,
+    ClipWeightsOpt,
+    DataRootOpt,
+    DatasetOpt,
+    DeviceOpt,
+    GpuLayersOpt,
+    JsonOpt,
+    SplitOpt,
+)
+from ipo_cli.cli.output import human_bytes, show
 from ipo_cli.cli.errors import SUMMARY_SHOWN, TERMINATED
 from ipo_cli.cli.models import pull_with_progress
 from ipo_cli.errors import IpoError
@@ -23,41 +37,43 @@ def optimize_cmd(
     images: Annotated[Optional[Path], typer.Argument(help="Folder with one sub-folder per class (or the image root of --split).")] = None,
     classes: ClassesOpt = None,
     split: SplitOpt = None,
-    shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class (paper: 1).")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the few-shot sample and of every LLM sample.")] = None,
-    base_novel: Annotated[Optional[bool], typer.Option("--base-novel/--all-classes", help="Optimise on the base half of the classes, then report base/novel/H on held-out images.")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (paper: 100).")] = None,
-    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="New prompts per step (paper: 5).")] = None,
-    history: Annotated[Optional[int], typer.Option("--history", min=0, help="Best earlier prompts shown to the LLM (paper: 20).")] = None,
-    patience: Annotated[Optional[int], typer.Option("--patience", min=1, help="Stop after this many steps without improvement.")] = None,
-    budget: Annotated[Optional[str], typer.Option("--budget", help="Preset steps x candidates: light (10x4), medium (30x5), heavy (100x8).")] = None,
-    llm: Annotated[Optional[str], typer.Option("--llm", help="LLM: catalogue or installed name, or a GGUF file (default: the catalogue's default).")] = None,
-    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.")] = None,
-    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name to send to --llm-url.")] = None,
-    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context size for the LLM (default: the model's catalogue value).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="LLM sampling temperature (paper: 1.0).")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest answer, in tokens.")] = None,
-    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Multimodal model for image descriptions: name, GGUF file, or none.")] = None,
-    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.")] = None,
-    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf.")] = None,
-    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server for descriptions.")] = None,
-    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.")] = None,
-    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (default ViT-B-16:openai), as for ipo eval.")] = None,
+    shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class (paper: 1).", rich_help_panel=DATA)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the few-shot sample and of every LLM sample.", rich_help_panel=DATA)] = None,
+    base_novel: Annotated[Optional[bool], typer.Option("--base-novel/--all-classes", help="Optimise on the base half of the classes, then report base/novel/H on held-out images.", rich_help_panel=DATA)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (paper: 100).", rich_help_panel=LOOP)] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="New prompts per step (paper: 5).", rich_help_panel=LOOP)] = None,
+    history: Annotated[Optional[int], typer.Option("--history", min=0, help="Best earlier prompts shown to the LLM (paper: 20).", rich_help_panel=LOOP)] = None,
+    patience: Annotated[Optional[int], typer.Option("--patience", min=0, help="Stop after this many steps without improvement; 0 never stops early (the official code's fixed steps).", rich_help_panel=LOOP)] = None,
+    hide_below: Annotated[Optional[float], typer.Option("--hide-below", min=0, max=100, help="Leave prompts under this training accuracy (%) out of the LLM's history (the official code: 20; default 0).", rich_help_panel=LOOP)] = None,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Preset steps x candidates: light (10x4), medium (30x5), heavy (100x8).", rich_help_panel=LOOP)] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="LLM: catalogue or installed name, or a GGUF file (default: the catalogue's default).", rich_help_panel=MODELS)] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.", rich_help_panel=MODELS)] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="Model name to send to --llm-url.", rich_help_panel=MODELS)] = None,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context size for the LLM (default: the model's catalogue value).", rich_help_panel=MODELS)] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="LLM sampling temperature (paper: 1.0).", rich_help_panel=MODELS)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest answer, in tokens.", rich_help_panel=MODELS)] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Multimodal model for image descriptions: name, GGUF file, or none.", rich_help_panel=MODELS)] = None,
+    mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.", rich_help_panel=MODELS)] = None,
+    handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf.", rich_help_panel=MODELS)] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server for descriptions.", rich_help_panel=MODELS)] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.", rich_help_panel=MODELS)] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (default ViT-B-16:openai), as for ipo eval.", rich_help_panel=CLIP)] = None,
     clip_weights: ClipWeightsOpt = None,
-    task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".')] = None,
-    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.")] = None,
-    test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).")] = None,
-    allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.")] = None,
+    task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".', rich_help_panel=LOOP)] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.", rich_help_panel=LOOP)] = None,
+    test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).", rich_help_panel=DATA)] = None,
+    allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.", rich_help_panel=DATA)] = None,
     dataset: DatasetOpt = None,
     data_root: DataRootOpt = None,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template the --base-novel report compares with (default: CoOp's for --dataset, else 'a photo of a {}.').")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.")] = False,
+    fresh_sample: Annotated[Optional[bool], typer.Option("--fresh-sample", help="With --dataset: draw the few-shot sample anew even when CoOp's cached split_fewshot/shot_K-seed_S.pkl exists (used by default, as CoOp does).", rich_help_panel=DATA)] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template the --base-novel report compares with (default: CoOp's for --dataset, else 'a photo of a {}.').", rich_help_panel=OUTPUT)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).", rich_help_panel=OUTPUT)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.", rich_help_panel=OUTPUT)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.", rich_help_panel=OUTPUT)] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.", rich_help_panel=MODELS)] = False,
     device: DeviceOpt = "auto",
     gpu_layers: GpuLayersOpt = None,
-    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Candidates of a step sent to --llm-url at once (default: --candidates); results equal a sequential run.")] = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Candidates of a step sent to --llm-url at once (default: --candidates); results equal a sequential run.", rich_help_panel=MODELS)] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -68,11 +84,11 @@ def optimize_cmd(
 
     given = job.Overrides(
         images=_s(images), classes=_s(classes), split=_s(split), shots=shots, seed=seed, base_novel=base_novel,
-        steps=steps, candidates=candidates, history=history, patience=patience, temperature=temperature,
+        steps=steps, candidates=candidates, history=history, patience=patience, hide_below=hide_below, temperature=temperature,
         max_tokens=max_tokens, task_hint=task_hint, select=select, llm=llm, llm_url=llm_url, llm_model=llm_model,
         n_ctx=n_ctx, lmm=lmm, mmproj=_s(mmproj), handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
         clip_weights=_s(clip_weights), test_images=_s(test_images), allow_outside_root=allow_outside_root,
-        dataset=dataset, data_root=_s(data_root), baseline=baseline)
+        dataset=dataset, data_root=_s(data_root), baseline=baseline, fresh_sample=fresh_sample)
     saved = None
     if resume is not None:
         from ipo_cli.optimize.run_folder import RunFolder
@@ -90,10 +106,7 @@ def optimize_cmd(
                           parallel=parallel)
     finally:
         reporter.close()
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        _render_summary(summary)
+    show(summary, as_json, _render_summary)
     if summary["interrupted"]:
         fail(f"stopped; continue with: ipo optimize --resume {summary['run']}")
         SUMMARY_SHOWN[0] = True
@@ -102,21 +115,21 @@ def optimize_cmd(
 
 
 def bench_cmd(
-    data_root: Annotated[Path, typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA).")],
-    datasets: Annotated[str, typer.Option("--datasets", help="all, or a comma-separated list (e.g. DTD,EuroSAT).")] = "all",
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (paper: 1,2,3).")] = "1,2,3",
-    shots: Annotated[int, typer.Option("--shots", min=1, help="Training images per class (paper: 1).")] = 1,
-    out_dir: Annotated[Path, typer.Option("--out", help="The bench folder: one run folder per dataset and seed, then table.md and table.json.")] = Path("runs/bench"),
-    budget: Annotated[Optional[str], typer.Option("--budget", help="Steps x candidates of every run: light, medium, heavy (default: the paper's 100x5).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1)] = None,
-    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1)] = None,
-    llm: Annotated[Optional[str], typer.Option("--llm", help="As for ipo optimize.")] = None,
-    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="As for ipo optimize.")] = None,
-    llm_model: Annotated[Optional[str], typer.Option("--llm-model")] = None,
-    lmm: Annotated[Optional[str], typer.Option("--lmm", help="As for ipo optimize (none: no descriptions).")] = None,
-    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url")] = None,
-    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model")] = None,
-    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (paper: ViT-B-16:openai).")] = None,
+    data_root: Annotated[Path, typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA).", rich_help_panel=DATA)],
+    datasets: Annotated[str, typer.Option("--datasets", help="all, or a comma-separated list (e.g. DTD,EuroSAT).", rich_help_panel=DATA)] = "all",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (paper: 1,2,3).", rich_help_panel=DATA)] = "1,2,3",
+    shots: Annotated[int, typer.Option("--shots", min=1, help="Training images per class (paper: 1).", rich_help_panel=DATA)] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="The bench folder: one run folder per dataset and seed, then table.md and table.json.", rich_help_panel=OUTPUT)] = Path("runs/bench"),
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Steps x candidates of every run: light, medium, heavy (default: the paper's 100x5).", rich_help_panel=LOOP)] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps of every run (overrides --budget).", rich_help_panel=LOOP)] = None,
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="New prompts per step of every run (overrides --budget).", rich_help_panel=LOOP)] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="As for ipo optimize.", rich_help_panel=MODELS)] = None,
+    llm_url: Annotated[Optional[str], typer.Option("--llm-url", help="As for ipo optimize.", rich_help_panel=MODELS)] = None,
+    llm_model: Annotated[Optional[str], typer.Option("--llm-model", help="As for ipo optimize.", rich_help_panel=MODELS)] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="As for ipo optimize (none: no descriptions).", rich_help_panel=MODELS)] = None,
+    lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="As for ipo optimize.", rich_help_panel=MODELS)] = None,
+    lmm_model: Annotated[Optional[str], typer.Option("--lmm-model", help="As for ipo optimize.", rich_help_panel=MODELS)] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (paper: ViT-B-16:openai).", rich_help_panel=CLIP)] = None,
     clip_weights: ClipWeightsOpt = None,
     device: DeviceOpt = "auto",
     gpu_layers: GpuLayersOpt = None,
@@ -153,16 +166,8 @@ def bench_cmd(
     try:
         bench.run_cells(cells, given, budget, run_one)
     finally:
-        result = bench.table(cells, shots)
-        bench.write_tables(out_dir, result)
-        if result["datasets"]:
-            from ipo_cli.explain import report as insight
-
-            insight.write_bench(out_dir)
-    if as_json:
-        print(json.dumps({"plan": sweep, **result}))
-    else:
-        out.print(bench.markdown(result))
+        result = bench.finish(out_dir, cells, shots)
+    show({"plan": sweep, **result}, as_json, lambda _: out.print(bench.markdown(result)))
 
 
 def _s(path) -> Optional[str]:
@@ -195,7 +200,7 @@ class _OptimizeReporter:
             f"{plan['candidates']} candidates = up to {plan['llm_calls_max']} LLM calls{parallel}, "
             f"{plan['captions']} image descriptions (of {plan.get('captions_of', plan['captions'])} training "
             f"images: what fits the LLM's context)\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
-            f"      CLIP {plan['clip']}; run folder {plan['out']}"))
+            f"      CLIP {plan['clip']}; sample {plan.get('sample', '')}; run folder {plan['out']}"))
 
     def status(self, message: str):
         import contextlib

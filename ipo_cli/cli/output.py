@@ -1,12 +1,15 @@
-"""Output helpers of the commands: --out files, sizes, --json."""
+"""Output helpers of the commands: a result for a person or as --json, --out files, sizes."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
-from ipo_cli.errors import IpoError
+from ipo_cli.gates.paths import check_out_file, write_text_atomic
+
+T = TypeVar("T")
 
 
 def emit_json(value: Any) -> None:
@@ -14,27 +17,28 @@ def emit_json(value: Any) -> None:
     print(json.dumps(value))
 
 
+def show(result: T, as_json: bool, render: Callable[[T], None] | None = None, *, lines: bool = False) -> None:
+    """Every command's last step: with --json, `result` as one JSON document on stdout (or,
+    with `lines`, each of its items as one line of JSON lines); else `render(result)` draws
+    it for a person (rich tables on stdout)."""
+    if as_json:
+        items: Iterable[Any] = result if lines else [result]  # type: ignore[assignment]
+        for item in items:
+            emit_json(item)
+    elif render is not None:
+        render(result)
+
+
 def check_out(path: Optional[Path]) -> None:
-    """Refuse an unusable --out file before any work is done."""
-    if path is None:
-        return
-    if path.is_dir():
-        raise IpoError(f"--out {path} is a folder", "name a file, e.g. --out results.json")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise IpoError(f"--out {path}: {parent} is a file, not a folder")
-            break
+    """Refuse an unusable --out file before any work is done: a folder, a symbolic link, a
+    device, a FIFO, a name the OS cannot take (the paths gate, gates/paths.py)."""
+    if path is not None:
+        check_out_file(path, "--out")
 
 
 def write_out(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as exc:
-        raise IpoError(f"cannot write --out {path}: {exc.strerror or exc}") from None
+    """Atomically, as a regular file, never through a link (gates/paths.py)."""
+    write_text_atomic(path, text, "--out")
 
 
 def human_bytes(n: float) -> str:

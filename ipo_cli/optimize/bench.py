@@ -158,3 +158,15 @@ def write_tables(out: Path, result: dict) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / "table.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (Path(out) / "table.md").write_text(markdown(result), encoding="utf-8")
+
+
+def finish(out: Path, cells_: list[Cell], shots: int) -> dict[str, Any]:
+    """The end of a bench, finished or stopped: the table of what is done (table.json,
+    table.md) and, once a dataset has a result, the bench report linking every run's."""
+    result = table(cells_, shots)
+    write_tables(out, result)
+    if result["datasets"]:
+        from ipo_cli.explain import report
+
+        report.write_bench(out)
+    return result
