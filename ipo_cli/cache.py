@@ -84,6 +84,16 @@ def cache_root(override: Path | str | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("ipo", appauthor=False))
 
 
+def keep_third_party_caches_inside(root: Path) -> None:
+    """matplotlib's font cache and torch's compile caches go under ipo's cache directory
+    (unless the user set them): ipo writes only inside the folders it names. matplotlib
+    reads MPLCONFIGDIR, torch inductor TORCHINDUCTOR_CACHE_DIR, triton TRITON_CACHE_DIR."""
+    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "torchinductor"),
+                             ("TRITON_CACHE_DIR", "triton")):
+        if not os.environ.get(variable):
+            os.environ[variable] = str(Path(root) / folder)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -169,6 +179,9 @@ class Store:
         _warn(f"the cache {self.path} is read-only ({exc}); using what it holds, writing nothing new")
 
     def _move_aside(self, exc: BaseException) -> None:
+        if not is_own_store(self.path):
+            raise IpoError(f"the cache {self.path} cannot be opened ({exc}) and holds files ipo did not make; "
+                           "ipo leaves it as it is", "point --cache-dir / IPO_CACHE_DIR elsewhere") from None
         aside = self.path.with_name(f"{self.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
             self.path.rename(aside)
@@ -250,8 +263,10 @@ class Store:
         if text is None:
             return None
         try:
-            return json.loads(text)
-        except json.JSONDecodeError:
+            from ipo_cli.gates import json_in
+
+            return json_in.loads(text, f"cache {self.name}")
+        except IpoError:
             self._drop(key)
             return None
 
@@ -298,12 +313,38 @@ def info(root: Path) -> list[StoreInfo]:
     return out
 
 
+_STORE_FILES = frozenset({"cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal"})
+
+
+def is_own_store(path: Path) -> bool:
+    """Whether the folder holds only what diskcache writes for ipo: its database files and
+    value files `xx/yy/*.val` (diskcache/core.py, Disk.filename). Anything else there is
+    the user's, and ipo neither moves nor deletes such a folder."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        return False
+    for child in path.iterdir():
+        if child.name in _STORE_FILES and child.is_file() and not child.is_symlink():
+            continue
+        if not (len(child.name) == 2 and all(c in "0123456789abcdef" for c in child.name) and child.is_dir()
+                and not child.is_symlink()):
+            return False
+        for item in child.rglob("*"):
+            if item.is_symlink() or (item.is_file() and item.suffix != ".val"):
+                return False
+    return True
+
+
 def clear(root: Path) -> int:
     """Empty every store, whatever state it is in: a store that cannot even be opened
-    (damaged beyond diskcache) is deleted as a folder, which ipo made."""
+    (damaged beyond diskcache) is deleted as a folder, when it holds only what ipo made
+    (`is_own_store`); a folder holding anything else is refused, untouched."""
     removed = 0
     for name in STORES:
         path = Path(root) / name
+        if path.is_symlink() or (path.exists() and not is_own_store(path)):
+            raise IpoError(f"{path} holds files ipo did not make; `ipo cache clear` deletes only ipo's own "
+                           "stores and left everything as it is", "check --cache-dir / IPO_CACHE_DIR")
         try:
             store = Store(root, name)
             removed += store.clear()
@@ -314,6 +355,6 @@ def clear(root: Path) -> int:
             if path.is_dir():
                 shutil.rmtree(path)
         for aside in Path(root).glob(f"{name}.damaged-*"):  # what earlier repairs moved aside
-            if aside.is_dir():
+            if is_own_store(aside):
                 shutil.rmtree(aside)
     return removed

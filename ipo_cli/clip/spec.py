@@ -11,12 +11,12 @@ without open_clip) and the cold one (clip/model.py) must agree on it: both get i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ipo_cli.cache import key_of, sha256_file
 from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.gates import json_in
 
 DEFAULT_CLIP = "ViT-B-16:openai"
 
@@ -52,11 +52,11 @@ def parse_clip(model: str, weights: Path | str | None = None, *, check_names: bo
         if not config.is_file():
             raise IpoError(f"model config {config} does not exist")
         try:
-            cfg = json.loads(config.read_bytes().decode("utf-8"))
+            cfg = json_in.read_json(config, "model config")
             if not (isinstance(cfg, dict) and isinstance(cfg.get("embed_dim"), int)
                     and isinstance(cfg.get("vision_cfg"), dict) and isinstance(cfg.get("text_cfg"), dict)):
                 raise ValueError("not an open_clip config")
-        except (ValueError, UnicodeDecodeError, OSError):
+        except (ValueError, IpoError):
             raise IpoError(
                 f"model config {config} is not an open_clip model config",
                 "it needs embed_dim, vision_cfg and text_cfg, like open_clip's model_configs/*.json",

@@ -13,6 +13,7 @@ from pathlib import Path
 from ipo_cli.cache import Store, sha256_file
 from ipo_cli.clip.spec import card_key, image_key, light_identity, open_clip_version, text_key
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import cached as checked
 
 
 class CachedClip:
@@ -29,13 +30,17 @@ class CachedClip:
         self.model = type("CachedModel", (), {"context_length": int(card["context_length"])})()
         self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
         self.warm = True
+        self.image_loading = "ipo"
 
     def image_key(self, file_sha: str) -> str:
         return image_key(file_sha, self.identity, self.card["preprocess_id"], self.card["open_clip_version"],
-                         self.card["precision"])
+                         self.card["precision"], self.image_loading)
 
     def _text(self, text: str) -> dict | None:
-        return self.store.get_json(text_key(self.identity, self.card["open_clip_version"], text))
+        # Every cached value is checked (gates/cached.py): a damaged one is a miss, and the
+        # model is loaded to recompute it.
+        return checked.text_entry(self.store.get_json(text_key(self.identity, self.card["open_clip_version"], text)),
+                                  int(self.card["embed_dim"]))
 
     def has_texts(self, texts: Sequence[str]) -> bool:
         return all(self._text(t) is not None for t in dict.fromkeys(texts))
@@ -61,7 +66,10 @@ class CachedClip:
 
         rows = []
         for path in paths:
-            rows.append(self.store.get_array(self.image_key(sha256_file(path))).astype(np.float32))
+            row = checked.vector(self.store.get_array(self.image_key(sha256_file(path))), int(self.card["embed_dim"]))
+            if row is None:  # has_images said otherwise: changed since (another process)
+                raise IpoError(f"the cached embedding of {path} changed while ipo read it", "run the command again")
+            rows.append(row)
             self.stats["images_cached"] += 1
             if progress:
                 progress(1)
@@ -74,13 +82,13 @@ class CachedClip:
                 cached = self.store.get_array(self.image_key(sha256_file(path)))
             except OSError:
                 return False
-            if cached is None or cached.shape != (dim,):
+            if checked.vector(cached, dim) is None:
                 return False
         return True
 
 
 def cached_clip(model: str, weights: Path | str | None, store: Store, paths: Sequence[Path],
-                texts: Sequence[str], device: str = "auto") -> CachedClip | None:
+                texts: Sequence[str], device: str = "auto", image_loading: str = "ipo") -> CachedClip | None:
     """A CachedClip when the cache holds everything for these images and texts, else None
     (the caller loads CLIP). `--device cuda` always loads the model."""
     if device not in ("auto", "cpu"):
@@ -89,12 +97,13 @@ def cached_clip(model: str, weights: Path | str | None, store: Store, paths: Seq
     if identity is None:
         return None
     version = open_clip_version()
-    card = store.get_json(card_key(identity, version))
-    if not isinstance(card, dict) or card.get("open_clip_version") != version:
+    card = checked.model_card(store.get_json(card_key(identity, version)))
+    if card is None or card.get("open_clip_version") != version:
         return None
     if device == "cpu" and card.get("precision") != "fp32":
         return None
     warm = CachedClip(identity, card, store)
+    warm.image_loading = image_loading
     if not warm.has_texts(texts) or not warm.has_images(paths):
         return None
     return warm

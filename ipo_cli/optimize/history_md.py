@@ -3,9 +3,10 @@ history.md, prompts.json (read by `ipo eval`) and a CLIP_benchmark template file
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
 from ipo_cli.optimize.loop import LoopResult
 from ipo_cli.data.prompts import SCHEMA, to_clip_benchmark
 from ipo_cli.optimize.run_folder import RunFolder
@@ -81,8 +82,8 @@ def prompts_document(result: LoopResult, name: str, clip: str, select: str, meta
 def write_outputs(folder: RunFolder, result: LoopResult, name: str, clip: str, select: str, meta: dict) -> None:
     folder.write_text("history.md", history_markdown(folder.records(), result, select))
     try:
-        run_config = json.loads((folder.path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        run_config = json_in.read_json(folder.path / "config.json", "run config")
+    except IpoError:
         run_config = None
     document = prompts_document(result, name, clip, select, meta, run_config if isinstance(run_config, dict) else None)
     folder.write_json("prompts.json", document)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in, paths
 
 RUN_FORMAT = 1
 MARKER = ".ipo-run"
@@ -35,8 +36,8 @@ SCORED_FIELDS = {"accuracy": (int, float), "loss": (int, float), "template": str
 def is_run_folder(path: Path) -> bool:
     """True only for a folder that ipo created as a run (its marker names the run format)."""
     try:
-        marker = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        marker = json_in.read_json(Path(path) / MARKER, "run marker")
+    except IpoError:
         return False
     return isinstance(marker, dict) and marker.get("ipo_run_format") == RUN_FORMAT
 
@@ -51,7 +52,7 @@ class RunFolder:
     @classmethod
     def check_target(cls, path: Path, force: bool = False) -> None:
         """Everything `create` would refuse, checked before any work is done."""
-        path = Path(path)
+        path = paths.check_out_folder(path, "--out")  # no link, device or FIFO (gates/paths.py)
         if path.exists() and not path.is_dir():
             raise IpoError(f"--out {path} is a file, not a folder", "choose another --out")
         if path.exists() and any(path.iterdir()):
@@ -110,9 +111,9 @@ class RunFolder:
         if not config_path.is_file():
             raise IpoError(f"{path} is not an ipo run folder (no config.json)", "pass the --out folder of an earlier run")
         try:
-            config = json.loads(config_path.read_bytes().decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise IpoError(f"{config_path} is corrupt: {exc}") from None
+            config = json_in.read_json(config_path, "run config")
+        except IpoError as exc:
+            raise IpoError(f"{config_path} is corrupt: {exc.message}", "restore it, or start a new run") from None
         if not isinstance(config, dict):
             raise IpoError(f"{config_path} is corrupt: a {type(config).__name__}, not an object")
         if not isinstance(config.get("request", {}), dict) or not isinstance(config.get("models", {}), dict):
@@ -166,12 +167,12 @@ class RunFolder:
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
+                record = json_in.loads(raw, f"line {i + 1}")
+            except IpoError as exc:
                 if i == len(lines) - 1:  # only an unterminated last line may be torn
                     self._drop_torn_tail(lines)
                     break
-                raise IpoError(f"{self.history_path} is corrupt at line {i + 1}: {exc}",
+                raise IpoError(f"{self.history_path} is corrupt at line {i + 1}: {exc.message}",
                                "restore it, or start a new run") from None
             problem = check_record(record)
             if problem:
