@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ipo_cli.clip.classify import Prediction
 from ipo_cli.errors import InvalidInput
+from ipo_cli.gates.text import CSV_FORMULA_STARTS, csv_cell
 
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_STARTS = CSV_FORMULA_STARTS  # one list, in the text-out gate (gates/text.py)
 SUFFIXES = (".csv", ".jsonl")
 CSV_HEADER = ["path", "rank", "class", "probability", "error"]
 
@@ -33,8 +34,7 @@ def check_suffix(path: Path) -> None:
 
 def safe_cell(value: object) -> str:
     """The cell as text, with a `'` in front when a spreadsheet would read it as a formula."""
-    text = str(value)
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return str(csv_cell(str(value)))
 
 
 def to_csv(predictions: Iterable[Prediction]) -> str:
