@@ -173,7 +173,8 @@ def test_sampling_equals_dassl_on_a_shuffled_split_file(tmp_path):
     not always): ipo draws exactly Dassl's images, train and val, before the base cut."""
     import json
 
-    from ipo_cli.optimize import job
+    from ipo_cli.data import sampling
+    from ipo_cli.optimize.request import Request
 
     root = make_folder(tmp_path / "imgs", {f"class{i}": 12 for i in range(6)})
     rng = random.Random(7)
@@ -184,9 +185,9 @@ def test_sampling_equals_dassl_on_a_shuffled_split_file(tmp_path):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": train_entries, "val": val_entries, "test": val_entries}))
     for shots, seed in ((1, 1), (2, 2), (16, 3)):
-        request = job.Request(images=str(root), split=str(split), shots=min(shots, 4), seed=seed, base_novel=True,
+        request = Request(images=str(root), split=str(split), shots=min(shots, 4), seed=seed, base_novel=True,
                               select="val")
-        full, train, val = job._sample(request)
+        full, train, val = sampling.sample(request)
         ref_train, ref_val = dassl_reference([tuple(e) for e in train_entries], [tuple(e) for e in val_entries],
                                              min(shots, 4), seed)
         base = {0, 1, 2}  # CoOp keeps the first ceil(6/2) labels after sampling
@@ -243,3 +244,32 @@ def test_split_file_errors(tmp_path):
         ds.load_split(missing, root)
     with pytest.raises(IpoError, match="no 'test' part"):
         ds.load_split(missing, root, "test")
+
+
+def test_reference_loading_is_convert_rgb_only(tmp_path):
+    """--image-loading reference decodes as Dassl's read_image and CLIP_benchmark do
+    (`convert("RGB")`: no EXIF rotation, transparency dropped, not composited on white)."""
+    from PIL import Image
+
+    from ipo_cli.data.folders import load_image
+
+    rgba = Image.new("RGBA", (4, 2), (10, 20, 30, 0))
+    rgba.save(tmp_path / "clear.png")
+    assert load_image(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(tmp_path / "clear.png", "reference").getpixel((0, 0)) == (10, 20, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees to display
+    Image.new("RGB", (6, 2), (200, 0, 0)).save(tmp_path / "turned.jpg", exif=exif)
+    assert load_image(tmp_path / "turned.jpg").size == (2, 6)
+    assert load_image(tmp_path / "turned.jpg", "reference").size == (6, 2)
+
+
+def test_the_image_cache_key_includes_the_loading(tiny_clip):
+    before = tiny_clip.image_loading
+    try:
+        ipo_key = tiny_clip.image_key("ab" * 32)
+        tiny_clip.image_loading = "reference"
+        assert tiny_clip.image_key("ab" * 32) != ipo_key
+    finally:
+        tiny_clip.image_loading = before
+    assert tiny_clip.image_key("ab" * 32) == ipo_key  # ipo's keys are those written before the choice
