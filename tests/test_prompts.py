@@ -102,3 +102,24 @@ def test_clip_benchmark_prefixes_are_stripped_as_it_strips_them():
     assert select_dataset(data, "wds/cars", "f") == {"cars": data["cars"]}
     assert select_dataset(data, "vtab/cars", "f") == {"cars": data["cars"]}
     assert select_dataset(data, "wds/pets", "f") == {"wds/pets": data["wds/pets"]}
+
+
+def test_bench_table_has_a_row_for_the_papers_prompt(tmp_path):
+    from ipo_cli.data.prompts import paper_prompt
+    from ipo_cli.optimize import bench
+
+    assert paper_prompt("OxfordFlowers").templates == [read_prompts("paper:Flowers102")[0].name]
+    assert paper_prompt("EuroSAT") is None and paper_prompt(None) is None
+    cells = []
+    for seed, (ours, theirs) in enumerate([((70.0, 72.0, 71.0), (68.0, 70.0, 69.0)), ((72.0, 74.0, 73.0), (66.0, 72.0, 69.0))], 1):
+        folder = tmp_path / f"seed{seed}"
+        folder.mkdir()
+        bn = {"best": dict(zip(("base", "novel", "hm"), ours)), "baseline": {"base": 60.0, "novel": 65.0, "hm": 62.4},
+              "paper": {"template": "Identify the <CLASS> flower.", **dict(zip(("base", "novel", "hm"), theirs))}}
+        (folder / "summary.json").write_text(json.dumps({"base_novel": bn, "best": {"template": "A <CLASS>."}}))
+        cells.append(bench.Cell("Flowers102", seed, folder))
+    result = bench.table(cells, 1)
+    paper = result["datasets"]["Flowers102"]["paper_prompt"]
+    assert paper["template"] == "Identify the <CLASS> flower." and paper["base"]["mean"] == 67.0
+    assert "| Flowers102, the paper's prompt | 2 | — | — | — | 67.00 ± 1.00 | 71.00 ± 1.00 | 69.00 ± 0.00 |" \
+        in bench.markdown(result)

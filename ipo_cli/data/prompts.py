@@ -253,3 +253,14 @@ def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
     from ipo_cli.clip.scoring import fill
 
     return {name: [fill(t, "{c}") for t in templates]}
+
+
+def paper_prompt(dataset: str | None) -> Prompt | None:
+    """The paper's first prompt for a dataset, when ipo holds one (for `ipo bench`'s row)."""
+    if not dataset:
+        return None
+    try:
+        template = paper_prompts(dataset)[0]
+    except IpoError:
+        return None
+    return Prompt(name=f"paper: {template}", templates=[template])
