@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
+from typing import Any
 
 from ipo_cli.cli.console import out
 from ipo_cli.cli.options import CacheDirOpt, JsonOpt
-from ipo_cli.cli.output import human_bytes
+from ipo_cli.cli.output import human_bytes, show
 
 
 # ---- ipo cache --------------------------------------------------------------------
@@ -18,18 +17,18 @@ def cache_info(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
 
     root = cache.cache_root(cache_dir)
     stores = cache.info(root)
-    if as_json:
-        print(json.dumps({"root": str(root), "stores": [s.__dict__ for s in stores]}))
-        return
-    from rich.table import Table
 
-    table = Table(title=f"ipo cache at {root}")
-    for col in ("store", "entries", "size", "path"):
-        table.add_column(col)
-    for s in stores:
-        table.add_row(s.name, str(s.entries), human_bytes(s.bytes), s.path)
-    out.print(table)
+    def render(_: Any) -> None:
+        from rich.table import Table
 
+        table = Table(title=f"ipo cache at {root}")
+        for col in ("store", "entries", "size", "path"):
+            table.add_column(col)
+        for s in stores:
+            table.add_row(s.name, str(s.entries), human_bytes(s.bytes), s.path)
+        out.print(table)
+
+    show({"root": str(root), "stores": [s.__dict__ for s in stores]}, as_json, render)
 
 
 def cache_clear(cache_dir: CacheDirOpt = None) -> None:

@@ -33,7 +33,8 @@ def models_list(as_json: JsonOpt = False) -> None:
             table.add_row(r.name, r.kind, Text("yes", style="green") if r.installed else "no",
                           human_bytes(r.size) if r.size else "?", r.handler or "", pinned)
         out.print(table)
-        out.print(f"store: {local.models_dir()}; details: ipo models show NAME")
+        out.print("details: ipo models show NAME")
+        out.print(f"store: {local.models_dir()}")
 
     show([r.__dict__ for r in rows], as_json, render)
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from ipo_cli.cli.console import out, status
 from ipo_cli.cli.options import CacheDirOpt, DeviceOpt, JsonOpt
+from ipo_cli.cli.output import show
 
 
 # ---- ipo report -------------------------------------------------------------------
@@ -25,18 +25,16 @@ def report_cmd(
     from ipo_cli.explain import report as insight
 
     if insight.is_bench(run):
-        written = insight.write_bench(run)
-        if as_json:
-            print(json.dumps({"report": str(written)}))
-        else:
-            out.print(f"bench report written: {written}")
+        bench = insight.write_bench(run)
+        show({"report": str(bench)}, as_json, lambda _: out.print(f"bench report written: {bench}"))
         return
     with status("scoring the run's prompts on its cached embeddings"):
         report = insight.build(run, cache_dir, device)
     written = insight.write(report, run / "report")
-    if as_json:
-        print(json.dumps(report.to_json()))
-        return
+    show(report.to_json(), as_json, lambda _: _render_report(report, written))
+
+
+def _render_report(report: Any, written: list[Path]) -> None:
     from rich.table import Table
 
     b, base = report.best, report.baseline
