@@ -8,7 +8,6 @@ from ipo_cli.cli.console import out
 from ipo_cli.cli.options import CacheDirOpt, JsonOpt
 from ipo_cli.cli.output import human_bytes, show
 
-
 # ---- ipo cache --------------------------------------------------------------------
 
 def cache_info(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:

@@ -50,11 +50,11 @@ def classify_cmd(
     classnames = resolve_classes(info, read_classes(classes) if classes is not None else None)
     if classnames is None:
         raise IpoError("missing --classes", "pass the class names the prompt was made for, one per line")
-    clip, clip_weights = resolve_clip(info, clip, clip_weights)
+    clip_name, weights = resolve_clip(info, clip, clip_weights)
     paths = sources.image_files(images)
     prompt = choose_prompt(read_prompts(prompts), ensemble)
-    with status(f"loading CLIP {clip}"):
-        classifier = Classifier(prompt, classnames, clip, clip_weights, device, cache_dir)
+    with status(f"loading CLIP {clip_name}"):
+        classifier = Classifier(prompt, classnames, clip_name, weights, device, cache_dir)
     with progress_bar("classifying", len(paths), quiet=as_json) as advance:
         predictions = classifier.classify(paths, top_k=top_k, progress=advance)
     failed = [p for p in predictions if p.error]
@@ -66,7 +66,7 @@ def classify_cmd(
     def render(_: Any) -> None:
         from rich.table import Table
 
-        table = Table(title=f"{len(predictions)} images, prompt {prompt.name[:60]}, CLIP {clip}")
+        table = Table(title=f"{len(predictions)} images, prompt {prompt.name[:60]}, CLIP {clip_name}")
         table.add_column("image", overflow="fold")
         table.add_column("class")
         table.add_column("probability", justify="right")

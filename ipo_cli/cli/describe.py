@@ -9,16 +9,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ipo_cli.cli.console import out, progress_bar, status, warn
-from ipo_cli.cli.options import MODELS, OUTPUT, CacheDirOpt, ClassesOpt, GpuLayersOpt, JsonOpt
+from ipo_cli.cli.options import MODELS, OUTPUT, CacheDirOpt, ClassesOpt, ClipOpt, ClipWeightsOpt, DeviceOpt, GpuLayersOpt, JsonOpt
 from ipo_cli.cli.output import check_out, show, write_out
-
 
 # ---- ipo describe -----------------------------------------------------------------
 
 def describe_cmd(
     images: Annotated[Path, typer.Argument(help="A folder of class folders, or a flat folder of images.")],
     classes: ClassesOpt = None,
-    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Catalogue name, installed name or GGUF file of the multimodal model.", rich_help_panel=MODELS)] = None,
+    lmm: Annotated[Optional[str], typer.Option("--lmm", help="Catalogue name, installed name or GGUF file of the multimodal model; clip: describe with --clip alone (no multimodal model).", rich_help_panel=MODELS)] = None,
     mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Projector GGUF, with --lmm FILE.gguf.", rich_help_panel=MODELS)] = None,
     handler: Annotated[Optional[str], typer.Option("--handler", help="Chat handler, with --lmm FILE.gguf (default mtmd).", rich_help_panel=MODELS)] = None,
     lmm_url: Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.", rich_help_panel=MODELS)] = None,
@@ -26,6 +25,9 @@ def describe_cmd(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).", rich_help_panel=MODELS)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.", rich_help_panel=MODELS)] = 160,
     gpu_layers: GpuLayersOpt = None,
+    clip: ClipOpt = "ViT-B-16:openai",  # with --lmm clip only
+    clip_weights: ClipWeightsOpt = None,
+    device: DeviceOpt = "auto",
     cache_dir: CacheDirOpt = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the captions as JSON lines to this file.", rich_help_panel=OUTPUT)] = None,
     as_json: JsonOpt = False,
@@ -38,12 +40,19 @@ def describe_cmd(
     check_out(out_file)
     paths, labels, classnames = describe.collect_images(images, classes)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
-    machine = defaults_machine(lmm, lmm_url)
-    if machine.warning:
-        warn(machine.warning)
-    with status("loading the multimodal model"):
-        backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model, gpu_layers=gpu_layers,
-                                       machine=machine.kind)
+    if (lmm or "").lower() == describe.CLIP_DESCRIBER and not lmm_url:  # the CLIP-only describer
+        from ipo_cli.clip.attributes import clip_describer
+        from ipo_cli.clip.spec import DEFAULT_CLIP
+
+        backend: Any = clip_describer(clip or DEFAULT_CLIP, clip_weights, cache_dir, classnames, paths, device,
+                                 loading=lambda identity: status(f"loading CLIP {identity}"))
+    else:
+        machine = defaults_machine(lmm, lmm_url)
+        if machine.warning:
+            warn(machine.warning)
+        with status("loading the multimodal model"):
+            backend = describe.load_vision(lmm, mmproj, handler, lmm_url, lmm_model, gpu_layers=gpu_layers,
+                                           machine=machine.kind)
     captioner = describe.Captioner(backend, cache.Store(cache.cache_root(cache_dir), "captions"), settings)
     with progress_bar("captioning", len(paths), quiet=as_json) as advance:
         report = captioner.caption(paths, classnames, labels, progress=advance)

@@ -95,10 +95,10 @@ def run(app: Callable[..., Any]) -> None:
     except Exception as exc:  # noqa: BLE001 - click's own errors, then bugs
         known = _format_click_exception(exc)
         if known is not None:
-            message, status = known
-            if message is not None:
-                fail(message)
-            _exit(status)
+            click_message, click_status = known
+            if click_message is not None:
+                fail(click_message)
+            _exit(click_status)
         if "Abort" in {cls.__name__ for cls in type(exc).__mro__}:
             _interrupted()
         if debug:

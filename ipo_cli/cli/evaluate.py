@@ -61,7 +61,6 @@ def eval_cmd(
     from ipo_cli import cache
     from ipo_cli.clip import evaluate, sources
     from ipo_cli.clip.loading import open_clip_model
-
     from ipo_cli.data import prompts as prompt_files
 
     to_folder = out_format == "clip_benchmark" and out_file is not None and (out_file.is_dir() or str(out_file).endswith("/"))
@@ -70,14 +69,14 @@ def eval_cmd(
     if out_format not in ("ipo", "clip_benchmark"):
         raise IpoError(f"--format must be ipo or clip_benchmark, not {out_format!r}")
     info = prompt_files.read_info(prompts)  # a run's prompts.json: its CLIP is the default
-    clip, clip_weights = prompt_files.resolve_clip(info, clip, clip_weights)
+    clip, weights = prompt_files.resolve_clip(info, clip, clip_weights)
     inputs = sources.eval_inputs(prompts, images, dataset, data_root, classes, split, split_part,
                                  allow_outside_root, shots, seed, baseline, cache_dir, image_loading)
     data, prompt_list, baseline = inputs.data, inputs.prompts, inputs.baseline
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     # When the cache holds every embedding this evaluation needs, neither torch nor
     # open_clip is imported and no model is loaded.
-    model = open_clip_model(clip, clip_weights, store, data.paths, inputs.texts(), device,
+    model = open_clip_model(clip, weights, store, data.paths, inputs.texts(), device,
                             loading=lambda identity: status(f"loading CLIP {identity}"), image_loading=data.image_loading)
     for line in evaluate.check_text_lengths(model, prompt_list, data.classnames, baseline, truncate_long):
         warn(line)
@@ -91,7 +90,7 @@ def eval_cmd(
                        "model_loaded": not getattr(model, "warm", False)}
     if out_file:
         if out_format == "clip_benchmark":
-            run = evaluate.benchmark_run(dataset or (images.resolve().name if images else "dataset"), clip, clip_weights)
+            run = evaluate.benchmark_run(dataset or (images.resolve().name if images else "dataset"), clip, weights)
             out_file = out_file / run.file_name() if to_folder else out_file
             write_out(out_file, json.dumps(evaluate.to_clip_benchmark(
                 report, prompt_list, run, dump_templates, best_only=info.from_run)) + "\n")

@@ -13,7 +13,6 @@ from ipo_cli.cli.options import JsonOpt
 from ipo_cli.cli.output import human_bytes, show
 from ipo_cli.errors import IpoError
 
-
 # ---- ipo models -------------------------------------------------------------------
 
 def models_list(as_json: JsonOpt = False) -> None:

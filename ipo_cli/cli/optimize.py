@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.text import Text
 
 from ipo_cli.cli.console import err, fail, out, progress_bar, status, warn
+from ipo_cli.cli.errors import SUMMARY_SHOWN, TERMINATED
+from ipo_cli.cli.models import pull_with_progress
 from ipo_cli.cli.options import (
     CLIP,
     DATA,
@@ -26,10 +29,7 @@ from ipo_cli.cli.options import (
     SplitOpt,
 )
 from ipo_cli.cli.output import human_bytes, show
-from ipo_cli.cli.errors import SUMMARY_SHOWN, TERMINATED
-from ipo_cli.cli.models import pull_with_progress
 from ipo_cli.errors import IpoError
-
 
 # ---- ipo optimize -----------------------------------------------------------------
 
@@ -81,14 +81,16 @@ def optimize_cmd(
     import datetime as dt
 
     from ipo_cli.optimize import job
+    from ipo_cli.optimize.request import Overrides, Placement, make_request
 
-    given = job.Overrides(
-        images=_s(images), classes=_s(classes), split=_s(split), shots=shots, seed=seed, base_novel=base_novel,
+    given = Overrides(
+        images=images, classes=classes, split=split, shots=shots, seed=seed, base_novel=base_novel,
         steps=steps, candidates=candidates, history=history, patience=patience, hide_below=hide_below, temperature=temperature,
         max_tokens=max_tokens, task_hint=task_hint, select=select, llm=llm, llm_url=llm_url, llm_model=llm_model,
-        n_ctx=n_ctx, lmm=lmm, mmproj=_s(mmproj), handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
-        clip_weights=_s(clip_weights), test_images=_s(test_images), allow_outside_root=allow_outside_root,
-        dataset=dataset, data_root=_s(data_root), baseline=baseline, fresh_sample=fresh_sample)
+        n_ctx=n_ctx, lmm=lmm, mmproj=mmproj, handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
+        clip_weights=clip_weights, test_images=test_images, allow_outside_root=allow_outside_root,
+        dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample)
+    placement = Placement(device=device, gpu_layers=gpu_layers, parallel=parallel, cache_dir=cache_dir, offline=offline)
     saved = None
     if resume is not None:
         from ipo_cli.optimize.run_folder import RunFolder
@@ -97,13 +99,11 @@ def optimize_cmd(
             raise IpoError(f"--resume {resume} continues that run in place; --out {out_dir} names another folder",
                            "drop --out (or pass the same folder)")
         saved = RunFolder.open(resume)[1].get("request", {})
-    request = job.make_request(given, budget, saved)
+    request = make_request(given, budget, saved)
     out_path = resume or out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{Path(request.images).resolve().name}"
     reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
     try:
-        summary = job.run(request, out_path, resume=resume is not None, force=force, offline=offline,
-                          cache_dir=cache_dir, reporter=reporter, device=device, gpu_layers=gpu_layers,
-                          parallel=parallel)
+        summary = job.run(request, placement, out_path, reporter, resume=resume is not None, force=force)
     finally:
         reporter.close()
     show(summary, as_json, _render_summary)
@@ -137,17 +137,17 @@ def bench_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The base-to-novel benchmark: an optimize run per dataset and seed, then the paper's table."""
-    from ipo_cli.optimize import bench
-    from ipo_cli.optimize import job
     from ipo_cli.data import coop as presets
+    from ipo_cli.optimize import bench, job
+    from ipo_cli.optimize.request import Overrides, Placement
 
     names = presets.BASE_TO_NOVEL if datasets.strip().lower() == "all" else \
         [presets.get(n).name for n in bench.parse_list(datasets, "--datasets")]
     seed_list = bench.parse_list(seeds, "--seeds", int)
-    given = {"data_root": str(data_root), "shots": shots, "steps": steps, "candidates": candidates, "llm": llm,
-             "llm_url": llm_url, "llm_model": llm_model, "lmm": lmm, "lmm_url": lmm_url, "lmm_model": lmm_model,
-             "clip": clip, "clip_weights": _s(clip_weights)}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = Overrides(data_root=data_root, shots=shots, steps=steps, candidates=candidates, llm=llm, llm_url=llm_url,
+                      llm_model=llm_model, lmm=lmm, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
+                      clip_weights=clip_weights)
+    placement = Placement(device=device, gpu_layers=gpu_layers, cache_dir=cache_dir)
     cells = bench.cells(out_dir, names, seed_list)
     sweep = bench.plan(cells, given, budget)
     if not as_json:
@@ -158,8 +158,7 @@ def bench_cmd(
     def run_one(request, folder, resume):
         reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
         try:
-            return job.run(request, folder, resume=resume, cache_dir=cache_dir, reporter=reporter, device=device,
-                           gpu_layers=gpu_layers)
+            return job.run(request, placement, folder, reporter, resume=resume)
         finally:
             reporter.close()
 
@@ -170,16 +169,19 @@ def bench_cmd(
     show({"plan": sweep, **result}, as_json, lambda _: out.print(bench.markdown(result)))
 
 
-def _s(path) -> Optional[str]:
-    return str(path) if path is not None else None
+if TYPE_CHECKING:  # the job (and its loop) is imported only when a command runs, not for --help
+    from ipo_cli.optimize.job import Reporter as _Reporter
+else:
+    _Reporter = object
 
 
-class _OptimizeReporter:
+class _OptimizeReporter(_Reporter):
     """Renders the job's progress with rich: the plan, bars, and one bar over the steps."""
 
     def __init__(self, quiet: bool, total: int):
         self.quiet, self.total = quiet, total
-        self._steps = None
+        self._steps: Callable[..., None] | None = None
+        self._bar: Any = None
         self._done = 0
 
     def plan(self, plan: dict) -> None:

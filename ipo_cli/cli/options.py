@@ -18,7 +18,7 @@ OUTPUT = "Output"
 ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).", rich_help_panel=DATA)]
 ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="Text file, one class name per line ('#' comments allowed).", rich_help_panel=DATA)]
 SplitOpt = Annotated[Optional[Path], typer.Option("--split", help="A CoOp split file (split_zhou_*.json); paths are relative to the images folder.", rich_help_panel=DATA)]
-ClipOpt = Annotated[str, typer.Option("--clip", help="open_clip model: ARCH:TAG (ViT-B-16:openai), hf-hub:ORG/NAME, ARCH with --clip-weights, or a model config .json.", rich_help_panel=CLIP)]
+ClipOpt = Annotated[Optional[str], typer.Option("--clip", help="open_clip model: ARCH:TAG (ViT-B-16:openai), hf-hub:ORG/NAME, ARCH with --clip-weights, or a model config .json.", rich_help_panel=CLIP)]
 ClipWeightsOpt = Annotated[Optional[Path], typer.Option("--clip-weights", help="A local open_clip checkpoint for the architecture named by --clip.", rich_help_panel=CLIP)]
 CacheDirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder (default: $IPO_CACHE_DIR or the user cache directory).", rich_help_panel=OUTPUT)]
 DeviceOpt = Annotated[str, typer.Option("--device", help="Where CLIP runs: auto (CUDA if available), cpu, cuda or cuda:N.", rich_help_panel=CLIP)]

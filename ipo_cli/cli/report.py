@@ -12,7 +12,6 @@ from ipo_cli.cli.console import out, status
 from ipo_cli.cli.options import CacheDirOpt, DeviceOpt, JsonOpt
 from ipo_cli.cli.output import show
 
-
 # ---- ipo report -------------------------------------------------------------------
 
 def report_cmd(

@@ -47,9 +47,9 @@ def eval_inputs(prompts_file: Path, images: Path | None = None, dataset: str | N
     """Read the prompts and load the images an evaluation scores (a seeded `shots` per class
     sample when given); `baseline` defaults to the CoOp dataset's template, else the
     default baseline template."""
+    from ipo_cli.clip.evaluate import DEFAULT_BASELINE
     from ipo_cli.data import folders
     from ipo_cli.data import prompts as prompt_files
-    from ipo_cli.optimize.job import DEFAULT_BASELINE
 
     check_split_part(split_part)
     if dataset and images is None:
