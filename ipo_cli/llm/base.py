@@ -10,12 +10,12 @@ one for `--llm` / `--llm-url`, and llm/registry.py lets a test put its own behin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
 
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
@@ -80,8 +80,8 @@ def unwrap_answer(text: str) -> str:
     """A JSON-schema answer {"prompt": "..."} as the <INS>...</INS> text the validator reads;
     anything else is passed on as it came, for the validator to judge."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = json_in.loads(text, "the answer")
+    except IpoError:
         return text
     if isinstance(data, dict) and isinstance(data.get("prompt"), str):
         prompt = data["prompt"].strip()

@@ -57,7 +57,8 @@ def ollama_chat(server: OpenAIServerLLM, messages: Sequence[Message], seed: int,
     message = data.get("message")
     text = message.get("content") if isinstance(message, dict) else None
     if not isinstance(text, str):
-        raise IpoError(f"Ollama at {server.root} answered without message.content: {json.dumps(data)[:120]}")
+        raise IpoError(f"Ollama at {server.root} answered without message.content: "
+                       f"{server._scrub(json.dumps(data)[:120])}")
     if structured:
         text = unwrap_answer(text)
     finish = "length" if data.get("done_reason") == "length" else "stop"

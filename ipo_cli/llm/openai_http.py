@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import http, json_in
 from ipo_cli.llm.base import ANSWER_SCHEMA, Generation, Message, SamplingSettings, Usage, unwrap_answer, usage_count
 from ipo_cli.llm.ollama import ollama_chat, ollama_context
 
@@ -22,10 +21,12 @@ API_KEY_ENV = ("IPO_API_KEY", "OPENAI_API_KEY")
 
 
 def api_key_from_env() -> str | None:
+    """The key in IPO_API_KEY, else OPENAI_API_KEY, checked by the HTTP gate before any
+    use (printable ASCII, no whitespace inside; the error never shows it)."""
     for name in API_KEY_ENV:
         value = os.environ.get(name, "").strip()
         if value:
-            return value
+            return http.check_key(value, name)
     return None
 
 
@@ -46,14 +47,18 @@ class OpenAIServerLLM:
 
     def __init__(self, base_url: str, model: str | None = None, timeout: float = 120, retries: int = 3,
                  backoff: float = 1.0, n_ctx: int | None = None, api_key: str | None = None):
-        self.base_url = base_url.rstrip("/")
+        # user:password@ in the URL becomes Basic auth; only the clean URL is kept (gates/http.py)
+        clean, self._auth = http.split_credentials(base_url.rstrip("/"), "the server URL")
+        self.base_url = clean.rstrip("/")
         self.requested_model = model
         self.model = model or "default"
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.n_ctx = n_ctx
-        self._key = api_key if api_key is not None else api_key_from_env()
+        self._key = http.check_key(api_key, "the API key") if api_key is not None else api_key_from_env()
+        if self._key:
+            self._auth = {"Authorization": f"Bearer {self._key}"}
         self.kind: str | None = None  # llama.cpp | vllm | ollama | openai | openai-compatible
         self.context_length: int | None = None  # the model's own limit, where the server says it
         self.identity = f"{self.base_url}#{self.model}"
@@ -64,41 +69,26 @@ class OpenAIServerLLM:
         return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
 
     def _scrub(self, text: str) -> str:
-        if self._key:
-            text = text.replace(self._key, "***")
-        return re.sub(r"\b(sk-[A-Za-z0-9_\-*]{3})[A-Za-z0-9_\-*]+", r"\1***", text)
+        return http.scrub(text)  # every secret in play: the key, URL passwords, token shapes
 
     def _request(self, url: str, payload: dict | None, deadline: float) -> tuple[int, bytes]:
-        """One HTTP exchange under a total deadline (a server that trickles bytes cannot
-        hold it longer); returns (status, body), HTTP errors included."""
+        """One HTTP exchange through the HTTP gate (gates/http.py) under a total deadline (a
+        server that trickles bytes cannot hold it longer); returns (status, body), HTTP
+        errors included. The credentials go to this server's origin only; a redirected POST
+        is refused; the body is capped."""
         headers = {"Content-Type": "application/json", "User-Agent": "ipo-cli"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
         data = json.dumps(payload).encode() if payload is not None else None
-        request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("deadline passed")
-        try:
-            response = urllib.request.urlopen(request, timeout=min(left, 30.0))
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read(2000)
-        with response:
-            chunks = []
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no complete answer within {self.timeout:.0f} s")
-                chunk = response.read1(1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            return response.status, b"".join(chunks)
+        return http.request(url, "POST" if data else "GET", data, headers, auth=self._auth, timeout=30.0,
+                            deadline=deadline)
 
     def _get_json(self, url: str) -> tuple[int, Any]:
         try:
             status, body = self._request(url, None, time.monotonic() + min(self.timeout, 15))
-            return status, json.loads(body) if body else None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, json.JSONDecodeError, ValueError):
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, ValueError):
+            return 0, None
+        try:
+            return status, json_in.loads(body, f"the answer of {url}") if body else None
+        except IpoError:
             return 0, None
 
     def post(self, path: str, payload: dict, base: str | None = None) -> dict:
@@ -118,11 +108,12 @@ class OpenAIServerLLM:
             if status >= 400:
                 raise self._refusal(url, status, raw)
             try:
-                data = json.loads(raw)
-                assert isinstance(data, dict)
+                data = json_in.object_at(json_in.loads(raw, f"the answer of {url}"), f"the answer of {url}")
                 return data
-            except (json.JSONDecodeError, AssertionError, UnicodeDecodeError):
-                raise IpoError(f"the server at {url} answered something that is not JSON: {raw[:80]!r}",
+            except IpoError as exc:
+                reason = exc.message.removeprefix(f"the answer of {url} ")
+                raise IpoError(f"the server at {url} answered something that is not JSON: "
+                               f"{http.scrub(repr(raw[:80]))} ({http.scrub(reason)})",
                                "is --llm-url the /v1 address of an OpenAI-compatible server?") from None
         raise IpoError(f"cannot reach the model server at {url} after {self.retries + 1} tries "
                        f"(deadline {self.timeout:.0f} s each): {self._scrub(str(last))}",
@@ -131,10 +122,10 @@ class OpenAIServerLLM:
     def _refusal(self, url: str, status: int, raw: bytes) -> IpoError:
         detail = ""
         try:
-            body = json.loads(raw)
+            body = json_in.loads(raw, f"the answer of {url}")
             error = body.get("error") if isinstance(body, dict) else None
             detail = error.get("message", "") if isinstance(error, dict) else str(error or "")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        except (IpoError, AttributeError):
             detail = raw[:200].decode("utf-8", "replace")
         detail = self._scrub(" ".join(detail.split()))[:200]
         if status in (401, 403):
@@ -261,10 +252,20 @@ class OpenAIServerLLM:
 
 
 def check_url(url: str, flag: str) -> None:
+    """An http(s) URL without credentials: a `user:password@` part is refused (the URL is
+    kept in the run's config.json and in messages; the password must be in neither), and
+    the error shows the URL with the password hidden."""
+    shown = http.scrub(url)
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise IpoError(f"{flag} {url!r} is not a valid URL: {exc}", "for example http://127.0.0.1:8080/v1") from None
+        raise IpoError(f"{flag} {shown!r} is not a valid URL: {http.scrub(exc)}",
+                       "for example http://127.0.0.1:8080/v1") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise IpoError(f"{flag} {url!r} is not an http(s) URL", "for example http://127.0.0.1:8080/v1")
+        raise IpoError(f"{flag} {shown!r} is not an http(s) URL", "for example http://127.0.0.1:8080/v1")
+    if parts.username is not None or parts.password is not None:
+        http.split_credentials(url, flag)  # remembers the password as a secret, for scrubbing
+        raise IpoError(f"{flag} {http.scrub(url)!r} holds a user name or password; ipo does not take "
+                       "credentials in URLs (the URL is written to the run's files)",
+                       "pass the URL without them and put the server's key in IPO_API_KEY")
