@@ -176,7 +176,11 @@ def load_folder(root: Path, classnames: list[str] | None = None) -> Dataset:
     folders = _class_folders(root)
     by_key: dict[str, Path] = {}
     for folder in folders:
-        by_key.setdefault(normalize_name(folder.name), folder)
+        first = by_key.setdefault(normalize_name(folder.name), folder)
+        if first is not folder:  # Fish/ and fish/ would both read Fish/: one class, said before any work
+            raise IpoError(f"sub-folders {first.name!r} and {folder.name!r} of {root} name the same class "
+                           "(class names are compared without case, spaces, '_' and '-')",
+                           "merge the two folders or rename one")
     if classnames is None:
         classnames = [folder.name.replace("_", " ") for folder in folders]
     else:
