@@ -45,7 +45,20 @@ class LlamaCppLLM:
             vocab = self.llama._model
             eos = vocab.token_get_text(self.llama.token_eos()) if self.llama.token_eos() >= 0 else ""
             bos = vocab.token_get_text(self.llama.token_bos()) if self.llama.token_bos() >= 0 else ""
-            self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+            try:
+                self._formatter = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)
+            except Exception as exc:  # noqa: BLE001 - jinja2's syntax and security errors, any other
+                raise self._template_error(exc) from None
+            # One trial render now, before any run folder is written: a template that fails
+            # fails here, as one line naming the model.
+            self.render([{"role": "system", "content": "test"}, {"role": "user", "content": "test"}])
+
+    def _template_error(self, exc: BaseException) -> IpoError:
+        from ipo_cli.gates.text import terminal_safe
+
+        detail = terminal_safe(" ".join(str(exc).split()), newlines=False)[:160]
+        return IpoError(f"the chat template of {self.identity} cannot be rendered: {type(exc).__name__}: {detail}",
+                        "use another model or GGUF file (the template is in its tokenizer.chat_template)")
 
     @property
     def has_chat_template(self) -> bool:
@@ -54,7 +67,10 @@ class LlamaCppLLM:
     def render(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
         """The exact prompt text the model sees, and the template's stop strings."""
         if self._formatter is not None:
-            result = self._formatter(messages=list(messages))
+            try:
+                result = self._formatter(messages=list(messages))
+            except Exception as exc:  # noqa: BLE001 - the template is the model's code, run sandboxed
+                raise self._template_error(exc) from None
             stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
             return result.prompt, stop
         # No chat template: plain completion with a simple transcript.
