@@ -39,7 +39,7 @@ def eval_cmd(
     split_part: Annotated[str, typer.Option("--split-part", help="Which part of --split to score.", rich_help_panel=DATA)] = "test",
     allow_outside_root: OutsideRootOpt = False,
     shots: Annotated[Optional[int], typer.Option("--shots", min=1, help="Score only K images per class (seeded sample).", rich_help_panel=DATA)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the --shots sample and the bootstrap.", rich_help_panel=DATA)] = 1,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the --shots sample and the bootstrap.", rich_help_panel=DATA)] = 1,
     base_novel: Annotated[bool, typer.Option("--base-novel", help="Also report base, novel and harmonic mean H (CoOp protocol).", rich_help_panel=OUTPUT)] = False,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template every prompt is compared with (default: CoOp's for --dataset, else 'a photo of a {}.').", rich_help_panel=OUTPUT)] = None,
     clip: ClipOpt = None,  # default: the CLIP a run's prompts.json names, else ViT-B-16:openai

@@ -38,7 +38,7 @@ def optimize_cmd(
     classes: ClassesOpt = None,
     split: SplitOpt = None,
     shots: Annotated[Optional[int], typer.Option("--shots", help="Training images per class (paper: 1).", rich_help_panel=DATA)] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed of the few-shot sample and of every LLM sample.", rich_help_panel=DATA)] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the few-shot sample and of every LLM sample.", rich_help_panel=DATA)] = None,
     base_novel: Annotated[Optional[bool], typer.Option("--base-novel/--all-classes", help="Optimise on the base half of the classes, then report base/novel/H on held-out images.", rich_help_panel=DATA)] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (paper: 100).", rich_help_panel=LOOP)] = None,
     candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="New prompts per step (paper: 5).", rich_help_panel=LOOP)] = None,

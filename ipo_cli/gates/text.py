@@ -24,6 +24,11 @@ _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u20
 _UNSAFE_WITH_NEWLINES = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
+# A model's answer is at most --max-tokens tokens (a few hundred characters); a server that
+# sends more (20 MB were seen) is cut here, before validation, the cache and history.jsonl.
+MAX_ANSWER_CHARS = 16_384
+
+
 def _escape(match: re.Match) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
