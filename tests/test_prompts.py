@@ -50,17 +50,21 @@ def test_export_to_clip_benchmark():
 
 
 def test_the_papers_prompts_by_any_name_of_the_dataset():
-    """paper:DATASET reads data/paper_prompts.json; CoOp's and CLIP_benchmark's names work."""
+    """paper:DATASET reads data/paper_prompts.json (the paper's Tables 3 and 17); CoOp's and
+    CLIP_benchmark's names work."""
     from ipo_cli.data.prompts import PAPER_FILE
 
     table = json.loads(PAPER_FILE.read_text())["datasets"]
-    assert all(e["template"] and e["source"] for entries in table.values() for e in entries)
+    assert len(table) == 11 and all(sorted(e["shots"] for e in v) == [1, 16] for v in table.values())
     flowers = [r.name for r in read_prompts("paper:Flowers102")]
-    assert flowers == [e["template"] for e in table["Flowers102"]]
+    assert flowers == ["Identify the unique visual features of the <CLASS> flower accurately."]  # Table 1c too
     assert [r.name for r in read_prompts("paper:OxfordFlowers")] == flowers
     assert [r.name for r in read_prompts("paper:flowers", "flowers")] == flowers
-    with pytest.raises(IpoError, match="holds no prompt of the paper for 'EuroSAT'"):
-        read_prompts("paper:EuroSAT")
+    assert read_prompts("paper:Food101:16")[0].name.startswith("Categorize the image depicting a delicious")
+    with pytest.raises(IpoError, match="1 and 16 shots, not '4'"):
+        read_prompts("paper:DTD:4")
+    with pytest.raises(IpoError, match="holds no prompt of the paper for 'CIFAR10'"):
+        read_prompts("paper:CIFAR10")
 
 
 def test_a_text_file_is_one_template_per_line(tmp_path):
@@ -109,7 +113,8 @@ def test_bench_table_has_a_row_for_the_papers_prompt(tmp_path):
     from ipo_cli.optimize import bench
 
     assert paper_prompt("OxfordFlowers").templates == [read_prompts("paper:Flowers102")[0].name]
-    assert paper_prompt("EuroSAT") is None and paper_prompt(None) is None
+    assert paper_prompt("Flowers102", 16).templates == [read_prompts("paper:Flowers102:16")[0].name]
+    assert paper_prompt("CIFAR10") is None and paper_prompt(None) is None
     cells = []
     for seed, (ours, theirs) in enumerate([((70.0, 72.0, 71.0), (68.0, 70.0, 69.0)), ((72.0, 74.0, 73.0), (66.0, 72.0, 69.0))], 1):
         folder = tmp_path / f"seed{seed}"

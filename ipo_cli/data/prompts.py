@@ -25,9 +25,10 @@ Extra keys are allowed; a reader ignores what it does not know. `classes` and
 `clip_spec` let `ipo classify` and `ipo eval` default to what the run used (`read_info`);
 files written before them still work with `--classes` and `--clip`.
 
-Anywhere a prompts file is taken, `paper:DATASET` names the prompts the IPO paper (or the
-official code) gives for a dataset (data/paper_prompts.json), and a `.txt` file is read as
-one template per line (CLIP_benchmark's `zeroshot_classification_templates.txt`).
+Anywhere a prompts file is taken, `paper:DATASET` names the prompt the IPO paper prints for
+a dataset (data/paper_prompts.json: Table 3, 1 shot; `paper:DATASET:16`, Table 17), and a
+`.txt` file is read as one template per line (CLIP_benchmark's
+`zeroshot_classification_templates.txt`).
 """
 
 from __future__ import annotations
@@ -158,7 +159,9 @@ def load_source(path: Path | str) -> tuple[Any, str]:
     text_path = str(path)
     if text_path.startswith(PAPER_PREFIX):
         return paper_prompts(text_path[len(PAPER_PREFIX):]), f"the paper's prompts for {text_path[len(PAPER_PREFIX):]}"
-    path = Path(path)
+    from ipo_cli.gates.paths import check_path
+
+    path = check_path(path, "prompts file")  # NUL, too long, a FIFO or a device: one line
     if not path.is_file():
         raise IpoError(f"prompts file {path} does not exist",
                        "pass a JSON prompts file, a .txt file of templates, or paper:DATASET")
@@ -231,8 +234,18 @@ def resolve_classes(info: PromptsInfo, classes: list[str] | None, flag: str = "-
 
 
 def paper_prompts(dataset: str) -> list[str]:
-    """The prompts the IPO paper (or its official code) gives for `dataset`: a template
-    list, so that any `--dataset` key picks it."""
+    """The prompt the IPO paper prints for a dataset (data/paper_prompts.json): `DATASET`
+    its 1-shot prompt (Table 3), `DATASET:16` its 16-shot one (Table 17). A template list,
+    so that any `--dataset` key picks it."""
+    name, _, shots_text = dataset.partition(":")
+    if shots_text not in ("", "1", "16"):
+        raise IpoError(f"paper:{dataset}: the paper prints prompts for 1 and 16 shots, not {shots_text!r}",
+                       f"write paper:{name} (1 shot) or paper:{name}:16")
+    entry = _paper_entry(name, int(shots_text or 1))
+    return [entry["template"]]
+
+
+def _paper_entry(dataset: str, shots: int) -> dict:
     table = json_in.read_json(PAPER_FILE, "ipo's paper prompts")["datasets"]
     from ipo_cli.data import coop
 
@@ -244,8 +257,8 @@ def paper_prompts(dataset: str) -> list[str]:
     key = lookup.get(name.lower())
     if key is None:
         raise IpoError(f"ipo holds no prompt of the paper for {dataset!r}",
-                       f"it holds: {', '.join(table)} (see data/paper_prompts.json for where each comes from)")
-    return [entry["template"] for entry in table[key]]
+                       f"the paper prints prompts for: {', '.join(table)}")
+    return next(e for e in table[key] if e["shots"] == shots)
 
 
 def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
@@ -255,12 +268,13 @@ def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
     return {name: [fill(t, "{c}") for t in templates]}
 
 
-def paper_prompt(dataset: str | None) -> Prompt | None:
-    """The paper's first prompt for a dataset, when ipo holds one (for `ipo bench`'s row)."""
+def paper_prompt(dataset: str | None, shots: int = 1) -> Prompt | None:
+    """The paper's prompt for a dataset (its 16-shot one for 16 shots, else its 1-shot
+    one), for `ipo bench`'s row; None where the paper prints none."""
     if not dataset:
         return None
     try:
-        template = paper_prompts(dataset)[0]
+        entry = _paper_entry(dataset, 16 if shots == 16 else 1)
     except IpoError:
         return None
-    return Prompt(name=f"paper: {template}", templates=[template])
+    return Prompt(name=f"paper ({entry['source']}): {entry['template']}", templates=[entry["template"]])
