@@ -141,3 +141,18 @@ def test_a_runs_prompts_json_writes_its_best_prompt_as_the_row(tmp_path, run_pro
     data = json.loads(out.read_text())
     assert data["templates"] == [TEMPLATES[0].replace("<CLASS>", "{c}")]
     assert abs(data["metrics"]["acc1"] * 100 - first["acc1"]) < 1e-9
+
+
+def test_the_classifier_api_takes_classes_and_clip_from_a_runs_prompts(run_prompts, fashion_train, tmp_path):
+    from ipo_cli import Classifier
+    from ipo_cli.errors import IpoError
+
+    clf = Classifier.from_files(run_prompts)
+    names = [line for line in (fashion_train / "classes.txt").read_text().splitlines() if line.strip()]
+    assert clf.classnames == names
+    image = next((fashion_train / "sandal").iterdir())
+    assert clf.classify([image], top_k=2)[0].top[0][0] in names
+    other = tmp_path / "two.txt"
+    other.write_text("cat\ndog\n")
+    with pytest.raises(IpoError, match="the classes file differs"):
+        Classifier.from_files(run_prompts, other)

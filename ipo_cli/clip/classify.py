@@ -67,30 +67,31 @@ class Classifier:
         self.text = None
 
     def _model(self, paths: Sequence[Path] = (), need_model: bool = False):
-        from ipo_cli.clip import model as vision
-        from ipo_cli.clip import spec as clip_spec
-        from ipo_cli.clip import warm
+        from ipo_cli.clip.loading import open_clip_model
         from ipo_cli.clip.scoring import class_embeddings
 
         if self.clip is None or (need_model and getattr(self.clip, "warm", False)):
             clip, weights, device = self.spec
-            warm = None if need_model else warm.cached_clip(clip, weights, self.store, paths, self.texts, device)
-            if warm is not None:
-                self.clip = warm
-            else:
-                self.clip = vision.load_clip(clip_spec.parse_clip(clip, weights), device)
-                self.clip.remember(self.store)
+            self.clip = open_clip_model(clip, weights, self.store, paths, self.texts, device, warm=not need_model)
             self.text = class_embeddings(self.clip, self.prompt, self.classnames)
         return self.clip
 
     @classmethod
-    def from_files(cls, prompts_file: Path | str, classes_file: Path | str, ensemble: bool = False,
+    def from_files(cls, prompts_file: Path | str, classes_file: Path | str | None = None, ensemble: bool = False,
                    **kwargs) -> Classifier:
+        """From a prompts file; a run's prompts.json names its classes and CLIP, which are
+        then the defaults (a classes file or `clip=` that disagrees is an error)."""
         from ipo_cli.data.folders import read_classes
-        from ipo_cli.data.prompts import read_prompts
+        from ipo_cli.data.prompts import read_info, read_prompts, resolve_classes, resolve_clip
 
-        prompt = choose_prompt(read_prompts(Path(prompts_file)), ensemble)
-        return cls(prompt, read_classes(Path(classes_file)), **kwargs)
+        info = read_info(prompts_file)
+        classnames = resolve_classes(info, read_classes(Path(classes_file)) if classes_file is not None else None,
+                                     "the classes file")
+        if classnames is None:
+            raise IpoError(f"{prompts_file} names no classes", "pass the classes file the prompt was made for")
+        kwargs["clip"], kwargs["clip_weights"] = resolve_clip(info, kwargs.get("clip"), kwargs.get("clip_weights"))
+        prompt = choose_prompt(read_prompts(prompts_file), ensemble)
+        return cls(prompt, classnames, **kwargs)
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         logits = self._model().logit_scale * (embeddings @ self.text.T).astype(np.float64)
