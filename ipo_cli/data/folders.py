@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ipo_cli.errors import IpoError, close_matches
 from ipo_cli.gates import json_in
+from ipo_cli.gates.paths import check_name, check_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
@@ -85,6 +86,7 @@ def normalize_name(name: str) -> str:
 
 def read_text(path: Path, what: str) -> str:
     """A UTF-8 text file (a BOM is allowed); other bytes are a one-line error saying where."""
+    check_path(path, what, kind="file")  # NUL, too long, a FIFO or a device: one line (gates/paths.py)
     try:
         return Path(path).read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -98,7 +100,7 @@ def read_classes(path: Path, key: str | None = None) -> list[str]:
     """One class per line; blank lines and `#` comments are ignored. A JSON file is read as
     CLIP_benchmark's classnames file, `{dataset: [names]}` (its en_classnames.json), and
     `key` (`--dataset`) picks the dataset; a file with one dataset needs no key."""
-    path = Path(path)
+    path = check_path(path, "classes file")
     if not path.is_file():
         raise IpoError(f"classes file {path} does not exist", "pass a text file with one class name per line")
     text = read_text(path, "classes file")
@@ -153,6 +155,7 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _class_folders(root: Path) -> list[Path]:
+    check_path(root, "images folder", kind="dir")
     if not root.exists():
         raise IpoError(f"images folder {root} does not exist", "pass a folder with one sub-folder per class")
     if not root.is_dir():
@@ -217,9 +220,7 @@ def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_
 
     Paths are relative to the image root; one that leads outside it (`..`, an absolute
     path) is refused unless `allow_outside_root`."""
-    split_file, root = Path(split_file), Path(root)
-    if not split_file.is_file():
-        raise IpoError(f"split file {split_file} does not exist")
+    split_file, root = check_path(split_file, "split file", must_exist=True, kind="file"), Path(root)
     data = json_in.loads(read_text(split_file, "split file"), f"split file {split_file}")
     if not isinstance(data, dict) or data.get(part) is None:
         raise IpoError(
@@ -242,6 +243,7 @@ def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_
                     f"split file {split_file} has a malformed entry {n} in {split_part!r}: {str(entry)[:80]}",
                     "each entry is [relative path, integer label, class name]",
                 )
+            check_name(root / entry[0], f"split file {split_file} entry {n} in {split_part!r}")
             names.setdefault(entry[1], entry[2])
     if sorted(names) != list(range(len(names))):
         raise IpoError(f"split file {split_file} does not number its labels 0..n-1")
@@ -320,7 +322,7 @@ def load_dataset(
     """The one entry point the commands use: a split file if given, a CLIP_benchmark
     webdataset folder (data/shards.py, `split_part` its split folder), else a class folder.
     `classnames` (those a run's prompts.json recorded) stand in for a classes file."""
-    images = Path(images)
+    images = check_path(images, "images folder")  # a name the OS refuses is one line (gates/paths.py)
     if split_file is None:
         from ipo_cli.data import shards
 

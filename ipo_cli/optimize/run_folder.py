@@ -193,9 +193,10 @@ def check_record(record: Any) -> str | None:
     """What is wrong with one history record, or None."""
     if not isinstance(record, dict):
         return f"a {type(record).__name__}, not a record"
-    fields = RECORD_FIELDS.get(record.get("type"))
+    kind_of = record.get("type")
+    fields = RECORD_FIELDS.get(kind_of) if isinstance(kind_of, str) else None
     if fields is None:
-        return f"unknown record type {record.get('type')!r}"
+        return f"unknown record type {str(kind_of)[:40]!r}"
     needed = dict(fields)
     if record.get("type") == "candidate" and record.get("valid"):
         needed.update(SCORED_FIELDS)
@@ -204,7 +205,7 @@ def check_record(record: Any) -> str | None:
             return f"a {record['type']} record without {name!r}"
         value = record[name]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
-            return f"{name!r} is {value!r}"
+            return f"{name!r} is {str(value)[:40]!r}"
     return None
 
 
