@@ -166,14 +166,14 @@ def load_source(path: Path | str) -> tuple[Any, str]:
         raise IpoError(f"prompts file {path} does not exist",
                        "pass a JSON prompts file, a .txt file of templates, or paper:DATASET")
     source = f"prompts file {path}"
-    from ipo_cli.data.folders import read_text
-
-    text = read_text(path, "prompts file")
     if path.suffix.lower() == ".txt":
+        from ipo_cli.data.folders import read_text
+
         # CLIP_benchmark's zeroshot_classification_templates.txt: one template per line,
         # each stripped (clip_benchmark/datasets/builder.py, build_wds_dataset)
+        text = read_text(path, "prompts file")
         return [line.strip() for line in text.splitlines() if line.strip()], source
-    return json_in.loads(text, source), source
+    return json_in.read_json(path, "prompts file"), source
 
 
 def read_prompts(path: Path | str, dataset: str | None = None) -> list[Prompt]:
