@@ -6,12 +6,12 @@ import io
 import json
 import shutil
 
+from conftest import run_ipo, run_ipo_without_torch
 from PIL import Image
+from servers import FakeChatServer
 
-from conftest import run_ipo
 from ipo_cli import cache
 from ipo_cli.llm import captions as describe
-from servers import FakeChatServer
 
 
 def image_parts(payload):
@@ -141,13 +141,94 @@ def test_redaction_keeps_colours_and_generic_words():
 
 
 def test_only_the_seeded_subset_that_fits_is_described():
-    from ipo_cli.optimize import job
+    from ipo_cli.optimize.plan import described_subset
+    from ipo_cli.optimize.request import Request
 
-    request = job.Request(images="x", seed=3, n_ctx=4096)
-    chosen = job.described_subset(request, {"llm": "x"}, 200)
+    request = Request(images="x", seed=3, n_ctx=4096)
+    chosen = described_subset(request, {"llm": "x"}, 200)
     assert 20 <= len(chosen) < 200 and chosen == sorted(chosen)
-    assert chosen == job.described_subset(request, {"llm": "x"}, 200)  # seeded
-    assert chosen != job.described_subset(job.Request(images="x", seed=4, n_ctx=4096), {"llm": "x"}, 200)
-    bigger = job.described_subset(job.Request(images="x", seed=3, n_ctx=16384), {"llm": "x"}, 200)
+    assert chosen == described_subset(request, {"llm": "x"}, 200)  # seeded
+    assert chosen != described_subset(Request(images="x", seed=4, n_ctx=4096), {"llm": "x"}, 200)
+    bigger = described_subset(Request(images="x", seed=3, n_ctx=16384), {"llm": "x"}, 200)
     assert len(bigger) > len(chosen)
-    assert job.described_subset(request, {"llm": "x"}, 10) == list(range(10))  # all fit
+    assert described_subset(request, {"llm": "x"}, 10) == list(range(10))  # all fit
+
+
+# ---- the CLIP-only describer (--lmm clip) ----------------------------------------------
+def test_attribute_vocabulary_is_complete_and_cited():
+    from ipo_cli.clip.attributes import VOCABULARY_FILE, load_vocabulary
+
+    vocabulary = load_vocabulary()
+    families = {f.name: f for f in vocabulary.families}
+    assert set(families) == {"viewpoint", "count", "shape", "material", "colour", "texture", "background", "lighting"}
+    assert len(families["texture"].terms) == 47 and "honeycombed" in families["texture"].terms  # DTD's 47
+    assert len(families["colour"].terms) == 11  # Berlin and Kay's basic colour terms
+    raw = json.loads(VOCABULARY_FILE.read_text())
+    assert all(f.get("source") for f in raw["families"])
+    assert all(f.prompt.count("{}") == 1 for f in vocabulary.families)
+
+
+def test_clip_describer_reads_the_best_terms_and_never_a_class_name(tiny_clip, fashion_train):
+    import numpy as np
+
+    from ipo_cli.clip.attributes import ClipAttributes
+
+    paths = sorted(fashion_train.rglob("*.png"))[:4]
+    emb, kept, _ = tiny_clip.embed_images(paths)
+    plain = ClipAttributes(tiny_clip)
+    before = tiny_clip.stats["texts_encoded"]
+    sentence = plain.describe_embedding(emb[0])
+    colours = next(f for f in plain.vocabulary.families if f.name == "colour")
+    scores = tiny_clip.encode_texts(colours.texts()) @ emb[0]
+    best = [colours.terms[i] for i in np.argsort(-scores)[:2]]
+    assert f"mostly {best[0]} and {best[1]}" in sentence
+    assert sentence.endswith(".") and ";" in sentence
+    ClipAttributes(tiny_clip).describe_embedding(emb[1])  # a second describer: no second encoding
+    encoded = tiny_clip.stats["texts_encoded"] - before
+    assert encoded <= sum(len(f.terms) for f in plain.vocabulary.families)
+    # A run whose classes are vocabulary terms (DTD's textures, a colour) never hears them.
+    careful = ClipAttributes(tiny_clip, exclude=[best[0], "striped", "polka-dotted"])
+    assert careful.identity != plain.identity
+    for row in emb:
+        said = careful.describe_embedding(row)
+        assert best[0] not in said.split() and "striped" not in said and "polka-dotted" not in said
+
+
+def test_describe_with_clip_alone_is_cached(tmp_path, fashion_train, tiny_config, tiny_checkpoint):
+    args = ["describe", fashion_train, "--lmm", "clip", "--clip", tiny_config, "--clip-weights", tiny_checkpoint,
+            "--json"]
+    first = run_ipo(*args)
+    assert first.returncode == 0, first.stderr
+    lines = [json.loads(line) for line in first.stdout.splitlines()]
+    summary = lines[-1]["summary"]
+    assert summary["captioned"] == 60 and summary["failed"] == 0
+    assert summary["model"].startswith("clip-attributes@tiny-clip")
+    classes = [c.strip() for c in (fashion_train / "classes.txt").read_text().splitlines() if c.strip()]
+    for line in lines[:-1]:
+        assert line["caption"].startswith("a ") and "; mostly " in line["caption"]
+        assert not any(name in line["caption"] for name in classes) and line["redactions"] == 0
+    second = json.loads(run_ipo(*args).stdout.splitlines()[-1])["summary"]
+    assert second["from_cache"] == 60
+    warm = run_ipo_without_torch(*args)  # every embedding and caption cached: no torch, no open_clip
+    assert warm.returncode == 0, warm.stderr
+    assert json.loads(warm.stdout.splitlines()[-1])["summary"] == {**second, "from_cache": 60}
+
+
+def test_optimize_with_the_clip_describer(tmp_path, fashion_train, smollm, tiny_config, tiny_checkpoint):
+    data = tmp_path / "three"
+    for name in ("bag", "sneaker", "sandal"):
+        shutil.copytree(fashion_train / name, data / name)
+    (data / "classes.txt").write_text("bag\nsneaker\nsandal\n")
+    out = tmp_path / "run"
+    result = run_ipo("optimize", data, "--classes", data / "classes.txt", "--shots", "1", "--steps", "1",
+                     "--candidates", "1", "--llm", smollm, "--n-ctx", "2048", "--lmm", "clip",
+                     "--clip", tiny_config, "--clip-weights", tiny_checkpoint, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "LMM clip (the CLIP-only describer" in result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["models"]["lmm"].startswith("clip-attributes@" + config["models"]["clip"])
+    described = config["descriptions"]
+    assert len(described) == 3 and all("; mostly " in d["description"] for d in described)
+    assert not any(name in d["description"] for d in described for name in ("bag", "sneaker", "sandal"))
+    meta = (out / "meta_prompts" / "step_001.txt").read_text()
+    assert f"Image_1: {described[0]['description']}" in meta

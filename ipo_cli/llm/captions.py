@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ipo_cli.cache import Store, key_of, sha256_file
 from ipo_cli.data.folders import UnreadableImage, load_image
@@ -26,6 +26,7 @@ DEFAULT_INSTRUCTION = (
     "the background. Do not say what kind of object it is or name its category."
 )
 REDACTION = "[...]"
+CLIP_DESCRIBER = "clip"  # --lmm clip: the CLIP-only describer (ipo_cli/clip/attributes.py)
 HANDLER_CLASSES = {
     "llava-1-5": "Llava15ChatHandler",
     "llava-1-6": "Llava16ChatHandler",
@@ -97,18 +98,106 @@ class LlamaCppVision:
             if callable(init):
                 init(self.llama)
         except (ValueError, RuntimeError, OSError) as exc:
+            width = getattr(getattr(self, "llama", None), "n_embd", lambda: None)()
             raise IpoError(
                 f"llama.cpp could not load {model_path.name} with {mmproj.name} and the {handler} handler: {exc}",
-                "check that the projector belongs to the model and the handler fits it (--handler)",
+                "check that the projector belongs to the model (its output width must be the model's "
+                + (f"n_embd, {width}" if width else "n_embd") + ") and the handler fits it (--handler)",
             ) from None
-        self.identity = identity or f"{model_path.name}+{mmproj.name}:{handler}"
+        if handler == "mtmd":
+            check_template_takes_images(self.llama, chat_handler, model_path.name)
+        _route_mtmd_logs()
+        self.identity = f"{identity or model_path.name + '+' + mmproj.name}:{handler}"
 
     def describe(self, data_uri: str, settings: CaptionSettings) -> str:
-        out = self.llama.create_chat_completion(
-            messages=caption_messages(data_uri, settings.instruction),
-            max_tokens=settings.max_tokens, temperature=settings.temperature, seed=settings.seed,
-        )
-        return out["choices"][0]["message"]["content"] or ""
+        MTMD_ERRORS.clear()
+        try:
+            messages: Any = caption_messages(data_uri, settings.instruction)  # OpenAI-style parts
+            out: Any = self.llama.create_chat_completion(
+                messages=messages,
+                max_tokens=settings.max_tokens, temperature=settings.temperature, seed=settings.seed,
+            )
+        except Exception as exc:  # the handler, its template or llama.cpp: a reason for this image
+            said = " ".join(" ".join(MTMD_ERRORS).split())[:160]
+            raise DescribeFailed(one_line(exc) + (f" (llama.cpp: {said})" if said else "")) from None
+        text = out["choices"][0]["message"]["content"]
+        if not isinstance(text, str):
+            raise DescribeFailed(f"the handler answered {type(text).__name__}, not text")
+        return text
+
+
+# llama.cpp's mtmd code logs through its own callback (mtmd_log_set, mtmd_helper_log_set in
+# tools/mtmd/mtmd.h and mtmd-helper.h; bound in llama_cpp/mtmd_cpp.py); by default every
+# image prints "encoding image slice..." on stderr. ipo keeps the errors, to name them in
+# the warning for the image, and drops the rest.
+MTMD_ERRORS: list[str] = []
+_MTMD_LOG_CALLBACK: list = []  # the ctypes callback must outlive the library's use of it
+
+
+def _route_mtmd_logs() -> None:
+    if _MTMD_LOG_CALLBACK:
+        return
+    import ctypes
+
+    import llama_cpp
+    import llama_cpp.mtmd_cpp as mtmd_cpp
+
+    @llama_cpp.llama_log_callback
+    def keep_errors(level: int, text: bytes, user_data) -> None:  # GGML_LOG_LEVEL_ERROR is 3
+        if level == 3 and len(MTMD_ERRORS) < 20:
+            MTMD_ERRORS.append(text.decode("utf-8", "replace"))
+
+    _MTMD_LOG_CALLBACK.append(keep_errors)
+    for setter in ("mtmd_log_set", "mtmd_helper_log_set"):
+        if hasattr(mtmd_cpp, setter):
+            getattr(mtmd_cpp, setter)(keep_errors, ctypes.c_void_p(0))
+
+
+class DescribeFailed(Exception):
+    """The describer could not describe one image (the reason is one line)."""
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def check_template_takes_images(llama, chat_handler, model_name: str) -> None:
+    """MTMDChatHandler renders the model's own chat template with each message's content as
+    a list of parts, an image part turned into a text part holding llama.cpp's media marker
+    (llama_chat_format.py, MTMDChatHandler._get_template_messages). A template that
+    concatenates `content` as a string (SmolLM2's, most text-only models') fails on every
+    image; one that skips the parts drops the image. Either is refused here, before any
+    image is sent, by rendering a probe message the same way."""
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    hint = ("--handler mtmd renders the model's chat template with images as content parts: use a multimodal "
+            "model whose template takes them, or the handler made for the model (--handler)")
+    if not isinstance(template, str) or not template:
+        raise IpoError(f"{model_name} has no chat template, which --handler mtmd needs", hint)
+    marker = chat_handler._mtmd_cpp.mtmd_default_marker().decode("utf-8")
+    probe = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}},
+                                          {"type": "text", "text": "probe"}]}]
+    extensions: list[Any] = [jinja2.ext.loopcontrols]
+    if hasattr(Jinja2ChatFormatter, "IgnoreGenerationTags"):
+        extensions.append(Jinja2ChatFormatter.IgnoreGenerationTags)
+    try:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=extensions)
+        env.filters["tojson"] = getattr(Jinja2ChatFormatter, "tojson", env.filters.get("tojson"))
+        messages = chat_handler._get_template_messages(probe, marker)
+
+        def raise_exception(message: str):
+            raise ValueError(message)
+
+        text = env.from_string(template).render(messages=messages, add_generation_prompt=True, eos_token="",
+                                                bos_token="", raise_exception=raise_exception)
+    except Exception as exc:  # a template is code from the file: any failure is a refusal
+        raise IpoError(f"the chat template of {model_name} cannot take image parts ({one_line(exc)})", hint) from None
+    if marker not in text:
+        raise IpoError(f"the chat template of {model_name} drops image parts (no image marker in its output)", hint)
 
 
 class ServerVision:
@@ -194,30 +283,69 @@ class Captioner:
 
     def caption(self, paths: Sequence[Path], classnames: Sequence[str] = (), labels: Sequence[str | None] | None = None,
                 progress: Callable[[int], None] | None = None) -> CaptionReport:
+        """Each image's caption, from the cache or the describer. An image the describer
+        fails on (its chat handler, template or llama.cpp) is listed in `failed` with a
+        one-line reason and skipped; when it fails on every image it tried, that is an
+        IpoError. Errors that are already ours (IpoError: a server that cannot be reached)
+        stop at once."""
         pattern = redaction_patterns(classnames)
         report = CaptionReport(model=self.backend.identity)
+        keys: list[str] = []  # "" for a file that cannot be read
+        cached: dict[int, str] = {}
         for i, path in enumerate(paths):
-            label = labels[i] if labels else None
             try:
-                key = self.key(sha256_file(path))
-                cached = self.store.get_json(key) if self.store is not None else None
-                if isinstance(cached, dict) and isinstance(cached.get("caption"), str):
-                    raw, hit = cached["caption"], True
+                keys.append(self.key(sha256_file(path)))
+            except OSError as exc:
+                keys.append("")
+                report.failed.append((str(path), str(exc)))
+                continue
+            hit = self.store.get_json(keys[i]) if self.store is not None else None
+            if isinstance(hit, dict) and isinstance(hit.get("caption"), str):
+                cached[i] = hit["caption"]
+        todo = [p for i, p in enumerate(paths) if keys[i] and i not in cached]
+        prepare = getattr(self.backend, "prepare", None)  # e.g. the CLIP describer embeds them in batches
+        if todo and callable(prepare):
+            prepare(todo)
+        describe_file = getattr(self.backend, "describe_file", None)
+        tried = failures = 0
+        first_failure = ""
+        for i, path in enumerate(paths):
+            if not keys[i]:
+                if progress:
+                    progress(1)
+                continue
+            label = labels[i] if labels else None
+            hit = i in cached
+            try:
+                if hit:
+                    raw = cached[i]
                 else:
-                    raw = self.backend.describe(image_data_uri(path, self.settings.image_size), self.settings).strip()
+                    tried += 1
+                    if callable(describe_file):
+                        raw = describe_file(Path(path), self.settings).strip()
+                    else:
+                        raw = self.backend.describe(image_data_uri(path, self.settings.image_size), self.settings).strip()
                     self.calls += 1
-                    hit = False
                     if self.store is not None:
-                        self.store.set_json(key, {"caption": raw})
+                        self.store.set_json(keys[i], {"caption": raw})
             except UnreadableImage as exc:
+                tried -= 1  # the file's fault, not the describer's
                 report.failed.append((str(path), exc.reason))
             except OSError as exc:
+                tried -= 1
                 report.failed.append((str(path), str(exc)))
+            except DescribeFailed as exc:
+                failures += 1
+                first_failure = first_failure or str(exc)
+                report.failed.append((str(path), f"the describer failed: {exc}"))
             else:
                 text, n = redact(raw, pattern)
                 report.captions.append(Caption(str(path), text, raw, n, hit, label))
             if progress:
                 progress(1)
+        if tried and failures == tried and not report.captions:
+            raise IpoError(f"{self.backend.identity} could not describe any of the {tried} image(s): {first_failure}",
+                           "check that the projector belongs to the model and the handler fits it (--handler)")
         return report
 
 
@@ -242,7 +370,16 @@ def collect_images(images: Path, classes: Path | None = None):
 def load_vision(model: str | None = None, mmproj: Path | None = None, handler: str | None = None,
                 url: str | None = None, url_model: str | None = None, n_ctx: int | None = None,
                 gpu_layers: int | None = None, machine: str = "cpu") -> VisionBackend:
-    """`--lmm NAME|FILE [--mmproj FILE] [--handler H]` or `--lmm-url URL [--lmm-model NAME]`."""
+    """`--lmm NAME|FILE [--mmproj FILE] [--handler H]` or `--lmm-url URL [--lmm-model NAME]`.
+    (`--lmm clip` needs a CLIP model: ipo_cli.clip.attributes.clip_describer.)"""
+    from ipo_cli.llm import registry
+
+    registered = None if url else registry.create(model, "lmm", n_ctx=n_ctx)
+    if registered is not None:  # a describer a program registered (llm/registry.py)
+        return registered
+    if (model or "").lower() == CLIP_DESCRIBER and not url:
+        raise IpoError("--lmm clip describes with a CLIP model, not a multimodal one",
+                       "use ipo_cli.clip.attributes.clip_describer (ipo describe --lmm clip --clip SPEC)")
     if url:
         from ipo_cli.llm.openai_http import check_url
 
@@ -252,5 +389,7 @@ def load_vision(model: str | None = None, mmproj: Path | None = None, handler: s
     from ipo_cli.store.local import resolve
 
     local = resolve(model or default_model("lmm", machine).name, "lmm", mmproj)
+    if local.mmproj is None:
+        raise IpoError(f"the multimodal model {local.name} has no projector", "pass --mmproj FILE.gguf")
     return LlamaCppVision(local.path, local.mmproj, handler or local.handler or "mtmd",
                           n_ctx=n_ctx or local.n_ctx, identity=local.identity, gpu_layers=gpu_layers)
