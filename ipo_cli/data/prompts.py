@@ -37,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ipo_cli.clip.scoring import Prompt, check_template
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import json_in
-from ipo_cli.clip.scoring import Prompt, check_template
 
 SCHEMA = "ipo.prompts/v1"
 PAPER_PREFIX = "paper:"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ipo_cli.data.prompts import SCHEMA, to_clip_benchmark
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import json_in
 from ipo_cli.optimize.loop import LoopResult
-from ipo_cli.data.prompts import SCHEMA, to_clip_benchmark
 from ipo_cli.optimize.run_folder import RunFolder
 
 TOP_K = 10

@@ -21,8 +21,7 @@ from typing import Any
 from ipo_cli.cache import sha256_file
 from ipo_cli.errors import IpoError, close_matches
 from ipo_cli.store.entries import MMPROJ_PREFERENCE, MODEL_PREFERENCE, load_catalogue
-from ipo_cli.store.hub import (RemoteFile, endpoint, hub_http_error, hub_open, offline,
-                               remote_files)
+from ipo_cli.store.hub import RemoteFile, endpoint, hub_http_error, hub_open, offline, remote_files
 from ipo_cli.store.local import LocalModel, Manifest, find_in_hf_cache, hf_cache_dir, models_dir, now
 
 
