@@ -109,6 +109,9 @@ def build(
         return MetaPrompt(messages, len(descriptions), 0, len(shown), tokens)
     bare = render(task_hint, [], shown)
     bare_tokens = count_tokens(bare)
+    if budget <= 0:  # the answer alone (--max-tokens) takes the whole context
+        raise IpoError("--max-tokens takes the whole of the LLM's context: no room is left for the meta-prompt",
+                       "lower --max-tokens or raise --n-ctx")
     if bare_tokens > budget:
         raise IpoError(
             f"the meta-prompt needs {bare_tokens} tokens even without image descriptions, "
