@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.text import Text
 
-from ipo_cli.cli.console import err, out
+from ipo_cli.cli.console import err, out, real
 from ipo_cli.cli.options import JsonOpt
 from ipo_cli.cli.output import human_bytes, show
 from ipo_cli.errors import IpoError
@@ -23,6 +22,7 @@ def models_list(as_json: JsonOpt = False) -> None:
 
     def render(_: Any) -> None:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="models")
         for col in ("name", "kind", "installed", "size", "handler", "pinned"):
@@ -50,6 +50,7 @@ def models_show(
 
 def _render_model(info: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"{info['name']} ({info['kind']})", show_header=False)
     table.add_column("what", no_wrap=True)
@@ -97,7 +98,7 @@ def pull_with_progress(name: str):
     from ipo_cli.store import pull
 
     progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=err)
+                        TimeRemainingColumn(), console=real(err))
 
     def factory(filename: str, total: int | None):
         if not err.is_terminal:  # a log or a pipe gets the outcome, not a bar

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-from rich.text import Text
 
 from ipo_cli.cli.console import err, fail, out, progress_bar, status, warn
 from ipo_cli.cli.errors import SUMMARY_SHOWN, TERMINATED
@@ -151,6 +150,8 @@ def bench_cmd(
     cells = bench.cells(out_dir, names, seed_list)
     sweep = bench.plan(cells, given, budget)
     if not as_json:
+        from rich.text import Text
+
         err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s) = "
                                 f"{sweep['runs']} runs ({sweep['finished']} finished), up to {sweep['llm_calls_max']} "
                                 f"LLM calls and {sweep['captions_max']} image descriptions to go; folder {out_dir}"))
@@ -193,6 +194,8 @@ class _OptimizeReporter(_Reporter):
             where = plan.get(f"{role}_where")
             why = plan.get(f"{role}_why")
             return f"{plan[role]}" + (f" on {where}" if where else "") + (f" ({why})" if why else "")
+
+        from rich.text import Text
 
         parallel = f", {plan['parallel']} requests in flight" if plan.get("parallel", 1) > 1 else ""
         err.print(Text.assemble(

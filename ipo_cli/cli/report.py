@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.text import Text
 
 from ipo_cli.cli.console import out, status
 from ipo_cli.cli.options import CacheDirOpt, DeviceOpt, JsonOpt
@@ -35,6 +34,7 @@ def report_cmd(
 
 def _render_report(report: Any, written: list[Path]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     b, base = report.best, report.baseline
     out.print(Text.assemble(("final prompt: ", "bold"), b["template"],
