@@ -32,7 +32,10 @@ class LlamaCppLLM:
             self.llama = Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, verbose=verbose,
                                n_gpu_layers=resolve_gpu_layers(gpu_layers))
         except (ValueError, RuntimeError) as exc:
-            raise IpoError(f"llama.cpp could not load {model_path}: {exc}", "is it a complete GGUF file?") from None
+            hint = (f"--n-ctx {n_ctx} may be more than memory holds: try a smaller one"
+                    if n_ctx and n_ctx > 32768 else "is it a complete GGUF file?")
+            raise IpoError(f"llama.cpp could not load {model_path} with a context of {n_ctx} tokens: {exc}",
+                           hint) from None
         self.model_path = Path(model_path)
         self.n_ctx = self.llama.n_ctx()
         self.identity = identity or self.model_path.name
