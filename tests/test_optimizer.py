@@ -3,6 +3,7 @@ words from the history it is shown."""
 
 import random
 import re
+from pathlib import Path
 
 import pytest
 
@@ -140,16 +141,33 @@ def test_rejected_candidates_are_kept_with_their_reason(tmp_path):
 
 
 def test_settings_merge_saved_then_budget_then_typed():
-    from ipo_cli.optimize.job import make_request
+    from ipo_cli.optimize.request import Overrides, make_request
 
-    assert (make_request({"images": "x"}).steps, make_request({"images": "x"}).candidates) == (100, 5)
-    light = make_request({"images": "x"}, "light")
+    x = Overrides(images=Path("x"))
+    assert (make_request(x).steps, make_request(x).candidates) == (100, 5)
+    light = make_request(x, "light")
     assert (light.steps, light.candidates) == (10, 4)
-    typed = make_request({"images": "x", "candidates": 7}, "light")
+    typed = make_request(Overrides(images=Path("x"), candidates=7), "light")
     assert (typed.steps, typed.candidates) == (10, 7)
-    resumed = make_request({}, None, {"images": "saved", "steps": 3, "seed": 9})
-    assert (resumed.images, resumed.steps, resumed.seed) == ("saved", 3, 9)
+    resumed = make_request(Overrides(), None, {"images": "saved", "steps": 3, "seed": 9})
+    assert (resumed.images, resumed.steps, resumed.seed) == (Path("saved"), 3, 9)
     with pytest.raises(IpoError, match="--budget must be one of"):
-        make_request({"images": "x"}, "huge")
+        make_request(x, "huge")
     with pytest.raises(IpoError, match="missing the images folder"):
-        make_request({})
+        make_request(Overrides())
+
+
+def test_prompts_json_records_the_runs_classes_and_clip(tmp_path):
+    """What `ipo classify` and `ipo eval` default to (data/prompts.py read_info)."""
+    from ipo_cli.data.prompts import read_info
+    from ipo_cli.optimize import history_md
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"x")
+    folder = RunFolder.create(tmp_path / "run", {"request": {"clip": "ARCH", "clip_weights": str(weights)},
+                                                 "classnames": ["cat", "dog", "bird"]})
+    settings = LoopSettings(steps=2, candidates=2, history=5, patience=5)
+    result = Optimizer(RecombiningLLM(), PlantedScorer(), folder, settings).run()
+    history_md.write_outputs(folder, result, "pets", "ARCH:sha256=ab", "train", {})
+    info = read_info(folder.path / "prompts.json")
+    assert info.classes == ["cat", "dog", "bird"] and info.clip == "ARCH" and info.clip_weights == str(weights.resolve())
