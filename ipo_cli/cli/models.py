@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -91,7 +92,7 @@ def models_pull(name: Annotated[str, typer.Argument(help="A catalogue name (see 
     out.print(f"pulled {name}: " + ", ".join(f"{role} {r['path']} ({human_bytes(r['size'])})" for role, r in model.files.items()))
 
 
-def pull_with_progress(name: str):
+def pull_with_progress(name: str) -> Any:
     """store.pull.pull with a download bar per file; the bars start with the first byte."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -100,7 +101,7 @@ def pull_with_progress(name: str):
     progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                         TimeRemainingColumn(), console=real(err))
 
-    def factory(filename: str, total: int | None):
+    def factory(filename: str, total: int | None) -> Callable[[int, int | None], None]:
         if not err.is_terminal:  # a log or a pipe gets the outcome, not a bar
             return lambda done, total_: None
         if not progress.live.is_started:

@@ -156,7 +156,7 @@ def bench_cmd(
                                 f"{sweep['runs']} runs ({sweep['finished']} finished), up to {sweep['llm_calls_max']} "
                                 f"LLM calls and {sweep['captions_max']} image descriptions to go; folder {out_dir}"))
 
-    def run_one(request, folder, resume):
+    def run_one(request: Any, folder: Path, resume: bool) -> dict[str, Any]:
         reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
         try:
             return job.run(request, placement, folder, reporter, resume=resume)
@@ -207,23 +207,23 @@ class _OptimizeReporter(_Reporter):
             f"images: what fits the LLM's context)\n      LLM {model('llm')}\n      LMM {model('lmm')}\n"
             f"      CLIP {plan['clip']}; sample {plan.get('sample', '')}; run folder {plan['out']}"))
 
-    def status(self, message: str):
+    def status(self, message: str) -> Any:
         import contextlib
 
         return contextlib.nullcontext() if self.quiet else status(message)
 
-    def progress(self, description: str, total: int):
+    def progress(self, description: str, total: int) -> Any:
         return progress_bar(description, total, quiet=self.quiet)
 
     def warn(self, message: str) -> None:
         warn(message)
 
-    def pull(self, name: str, size) -> None:
+    def pull(self, name: str, size: int | None) -> Any:
         if not self.quiet:
             err.print(f"pulling {name} ({human_bytes(size) if size else 'size unknown'}), needed on first use")
-        pull_with_progress(name)
+        return pull_with_progress(name)
 
-    def step(self, summary: dict, state) -> None:
+    def step(self, summary: dict, state: Any) -> None:
         if self.quiet:
             return
         if self._steps is None:
