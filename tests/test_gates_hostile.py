@@ -246,3 +246,27 @@ def test_matplotlib_and_torch_caches_go_under_ipos_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLCONFIGDIR", "/mine")
     cache.keep_third_party_caches_inside(tmp_path)
     assert os.environ["MPLCONFIGDIR"] == "/mine"  # the user's own choice stays
+
+
+# ---- chat templates -------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=["{% for %}", "{{ raise_exception('boom') }}", "{{ 1 / 0 }}"],
+                ids=["unparsable", "raises", "divides-by-zero"])
+def broken_template_gguf(request, smollm, tmp_path_factory):
+    """SmolLM2 with its chat template replaced (gguf's own gguf_new_metadata script)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("gguf") / "broken.gguf"
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(smollm), str(out),
+                    "--chat-template", request.param, "--force"], check=True, capture_output=True)
+    return out
+
+
+def test_a_chat_template_that_fails_is_one_line_before_the_run_folder(small, tmp_path, clip, broken_template_gguf):
+    run = tmp_path / "run"
+    result = run_ipo("optimize", small, "--classes", small / "classes.txt", "--shots", "1", "--steps", "1",
+                     "--candidates", "1", "--lmm", "none", *clip, "--llm", broken_template_gguf, "--out", run)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "chat template of" in errors[0] and "unexpected" not in errors[0], errors[0]
+    assert not run.exists()

@@ -28,10 +28,15 @@ class LlamaCppLLM:
             raise IpoError("llama-cpp-python is not installed", "pip install 'ipo-cli[llama]'") from None
         # llama-cpp-python defaults to half the cores; prompt evaluation wants them all.
         n_threads = n_threads or max(1, os.cpu_count() or 1)
+        self.identity = identity or Path(model_path).name
         try:
             self.llama = Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, verbose=verbose,
                                n_gpu_layers=resolve_gpu_layers(gpu_layers))
-        except (ValueError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - llama-cpp-python builds the GGUF's chat template here too
+            if type(exc).__module__.startswith("jinja2"):
+                raise self._template_error(exc) from None
+            if not isinstance(exc, (ValueError, RuntimeError)):
+                raise
             hint = (f"--n-ctx {n_ctx} may be more than memory holds: try a smaller one"
                     if n_ctx and n_ctx > 32768 else "is it a complete GGUF file?")
             raise IpoError(f"llama.cpp could not load {model_path} with a context of {n_ctx} tokens: {exc}",
