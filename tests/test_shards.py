@@ -89,3 +89,14 @@ def test_a_label_beyond_the_classes_and_a_broken_tar_are_refused(tmp_path, fashi
     (folder / "test" / "0.tar").write_bytes(b"not a tar at all" * 100)
     with pytest.raises(IpoError, match="is not a readable tar file"):
         ds.load_dataset(folder, split_part="test", cache_dir=tmp_path / "cache")
+
+
+def test_describe_collects_a_shard_folders_images(tmp_path, fashion_train):
+    """`ipo describe --images wds_NAME` captions the shard images (its train split, else the first)."""
+    from ipo_cli.llm.captions import collect_images
+
+    data = ds.load_dataset(fashion_train, fashion_train / "classes.txt")
+    folder = build_shards(tmp_path / "wds_fashion", data)
+    paths, labels, classnames = collect_images(folder)
+    assert len(paths) == len(data.items) and classnames == data.classnames
+    assert labels == [data.classnames[label] for label in data.labels]
