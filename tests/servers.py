@@ -45,13 +45,21 @@ class FakeHub(_Server):
     to a CDN on another host (a second server here) that serves the bytes with Range. A
     gated repo answers 401 (X-Error-Code: GatedRepo) without `Authorization: Bearer TOKEN`;
     an unknown revision 404 (RevisionNotFound); an unknown repo 401 (RepoNotFound), as the
-    hub does for anonymous requests. `drop_after` cuts the first `drops` downloads short."""
+    hub does for anonymous requests. `drop_after` cuts the first `drops` downloads short.
+
+    The tree listing comes in pages of `page_size` items, each linking the next with a
+    `Link: <URL>; rel="next"` header: the hub pages its listings and huggingface_hub's
+    `list_repo_tree` follows them through `paginate` (huggingface_hub hf_api.py;
+    utils/_pagination.py reads `response.links["next"]["url"]`). The small default makes
+    every listing here span pages. A Range that starts at or past the end of a file is
+    answered 416 with `Content-Range: bytes */SIZE` (RFC 9110, 14.4 and 15.5.17)."""
 
     def __init__(self, repo: str | None = None, files: dict[str, bytes] | None = None, revision: str = "main",
                  listed_sha: dict[str, str] | None = None, drop_after: int | None = None, drops: int = 0,
-                 gated: bool = False, token: str = "hf_test_token"):
+                 gated: bool = False, token: str = "hf_test_token", page_size: int = 2):
         self.repos: dict[str, dict] = {}
         self.token = token
+        self.page_size = page_size
         self.drop_after, self.drops = drop_after, drops
         self.cdn_delay = 0.0  # seconds before each download's first byte
         if repo is not None:
@@ -96,6 +104,7 @@ class _HubHandler(BaseHTTPRequestHandler):
             return self._error(401, "GatedRepo", f"Access to model {repo} is restricted. You must have access "
                                                    "to it and be authenticated to access it. Please log in.")
         if path.startswith(tree):
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
             if path[len(tree):] != info["revision"]:
                 return self._error(404, "RevisionNotFound", f"Invalid rev id: {path[len(tree):]}")
             listing = [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name,
@@ -107,7 +116,13 @@ class _HubHandler(BaseHTTPRequestHandler):
                     del item["lfs"]
             listing += [{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data), "path": name}
                         for name, data in info["small"].items()]
-            return self._send(200, json.dumps(listing).encode(), "application/json")
+            start = int(query.get("cursor", ["0"])[0])
+            page = listing[start:start + hub.page_size]
+            link = None
+            if start + hub.page_size < len(listing):
+                rest = {k: v[0] for k, v in query.items() if k != "cursor"}
+                link = f'<{hub.url}{self.path.split("?")[0]}?{urllib.parse.urlencode({**rest, "cursor": start + hub.page_size})}>; rel="next"'
+            return self._send(200, json.dumps(page).encode(), "application/json", {"Link": link} if link else None)
         revision, _, name = path[len(resolve):].partition("/")
         if revision != info["revision"]:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -128,10 +143,12 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send(self, code: int, body: bytes, ctype: str):
+    def _send(self, code: int, body: bytes, ctype: str, headers: dict[str, str] | None = None):
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -157,6 +174,12 @@ class _CdnHandler(BaseHTTPRequestHandler):
         start = 0
         if self.headers.get("Range"):
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
+        if start >= len(data):  # unsatisfiable: 416 and the size (RFC 9110 15.5.17)
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(data)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = data[start:]
         time.sleep(hub.cdn_delay)
         self.send_response(206 if start else 200)
@@ -175,12 +198,20 @@ class _CdnHandler(BaseHTTPRequestHandler):
 
 
 class FakeChatServer(_Server):
-    """OpenAI-compatible /v1/chat/completions that answers `reply(payload)` and records payloads.
-    With garbage=True it answers HTML instead of JSON."""
+    """llama.cpp's server (llama-server) as an OpenAI-compatible one: POST
+    /v1/chat/completions answers `reply(payload)` (payloads recorded in `requests`); GET
+    /v1/models lists the one model it serves, `owned_by` "llamacpp", its `id` the -m path
+    unless --alias names it (ggml-org/llama.cpp tools/server/README.md, "GET /v1/models":
+    "The returned list always has one single element"); other GETs are 404 (recorded in
+    `gets`). With garbage=True it answers HTML instead of JSON."""
 
-    def __init__(self, reply=None, garbage: bool = False):
+    MODEL_ID = "models/llava-v1.5-7b-Q4_K_M.gguf"
+
+    def __init__(self, reply=None, garbage: bool = False, model_id: str = MODEL_ID):
         self.reply = reply or (lambda payload: "a grey object with two straps on a white background")
         self.garbage = garbage
+        self.model_id = model_id
+        self.gets: list[str] = []
         super().__init__(_ChatHandler)
 
     @property
@@ -190,6 +221,22 @@ class FakeChatServer(_Server):
 
 class _ChatHandler(BaseHTTPRequestHandler):
     server_state: FakeChatServer
+
+    def do_GET(self):
+        state = self.server_state
+        state.gets.append(self.path)
+        if self.path == "/v1/models":
+            body = json.dumps({"object": "list", "data": [{
+                "id": state.model_id, "object": "model", "created": 1735142223, "owned_by": "llamacpp",
+                "meta": {"vocab_type": 2, "n_vocab": 32064, "n_ctx_train": 4096, "n_embd": 4096}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            body = b"Not Found"
+            self.send_response(404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def do_POST(self):
         state = self.server_state
@@ -224,11 +271,26 @@ OPENAI_CHAT_FIELDS = {
 }
 
 
+# OpenAI's `temperature` is "between 0 and 2" (API reference, chat/create); outside it the
+# answer is a 400 invalid_request_error naming the parameter, as recorded from
+# api.openai.com in BerriAI/litellm litellm/litellm_core_utils/exception_mapping_utils.py
+# (get_error_message): "Invalid 'temperature': decimal above maximum value. Expected a
+# value <= 2, but got 200 instead.", code "decimal_above_max_value" (the minimum's wording
+# is the same pattern, "decimal_below_min_value").
+OPENAI_TEMPERATURE = (0.0, 2.0)
+# Prompt caching (platform.openai.com/docs/guides/prompt-caching): only prompts of 1,024
+# tokens or more are cached, and cache hits come in increments of 128 tokens beyond that;
+# under 1,024 tokens `usage.prompt_tokens_details.cached_tokens` is 0.
+OPENAI_CACHE_MIN, OPENAI_CACHE_STEP = 1024, 128
+
+
 class FakeOpenAI(_Server):
     """An OpenAI-style API: 401 without `Authorization: Bearer KEY` (or with a wrong key), 400
-    for any body field OpenAI does not accept, 404 for a model it does not serve; answers
-    `reply(payload)`, as a JSON object {"prompt": ...} when a json_schema response_format
-    was asked for."""
+    for any body field OpenAI does not accept or a temperature outside 0-2, 404 for a model
+    it does not serve; answers `reply(payload)`, as a JSON object {"prompt": ...} when a
+    json_schema response_format was asked for. Usage counts about 4 characters a token;
+    `cached_tokens` is the prefix shared with an earlier prompt, from 1,024 tokens and in
+    steps of 128, as OpenAI caches."""
 
     def __init__(self, key: str = "sk-test-abcdef123456", models=("gpt-4o-mini",), reply=None, latency: float = 0.0):
         self.key, self.models, self.latency = key, list(models), latency
@@ -237,7 +299,21 @@ class FakeOpenAI(_Server):
         self.max_in_flight = 0
         self.lock = threading.Lock()
         self.usage = None  # replaces the usage object of every answer when set
+        self.prompts: list[str] = []  # what was sent, for the prompt cache
         super().__init__(_OpenAIHandler)
+
+    def cached_tokens(self, prompt: str) -> int:
+        shared = 0
+        for earlier in self.prompts:
+            n = 0
+            for a, b in zip(prompt, earlier):
+                if a != b:
+                    break
+                n += 1
+            shared = max(shared, n // 4)
+        if len(prompt) // 4 < OPENAI_CACHE_MIN or shared < OPENAI_CACHE_MIN:
+            return 0
+        return shared // OPENAI_CACHE_STEP * OPENAI_CACHE_STEP
 
     @property
     def payloads(self) -> list[dict]:
@@ -295,6 +371,16 @@ class _OpenAIHandler(_JsonHandler):
         if payload.get("model") not in state.models:
             return self._json(404, {"error": {"message": f"The model `{payload.get('model')}` does not exist or "
                                                          "you do not have access to it.", "code": "model_not_found"}})
+        temperature = payload.get("temperature")
+        low, high = OPENAI_TEMPERATURE
+        if isinstance(temperature, (int, float)) and not low <= temperature <= high:
+            above = temperature > high
+            message = (f"Invalid 'temperature': decimal {'above maximum' if above else 'below minimum'} value. "
+                       f"Expected a value {'<=' if above else '>='} {high if above else low:g}, but got "
+                       f"{temperature:g} instead.")
+            return self._json(400, {"error": {"message": message, "type": "invalid_request_error",
+                                              "param": "temperature",
+                                              "code": "decimal_above_max_value" if above else "decimal_below_min_value"}})
         with state.lock:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
@@ -308,12 +394,18 @@ class _OpenAIHandler(_JsonHandler):
         if fmt.get("type") == "json_schema":
             inner = text.removeprefix("<INS>").removesuffix("</INS>")
             text = json.dumps({"prompt": inner})
+        prompt = "".join(m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
+                         for m in payload["messages"])
+        with state.lock:
+            cached = state.cached_tokens(prompt)
+            state.prompts.append(prompt)
+        prompt_tokens, completion_tokens = len(prompt) // 4 + 8, max(1, len(text) // 4)
         self._json(200, {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": payload["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
             "usage": state.usage if state.usage is not None else {
-                "prompt_tokens": 120, "completion_tokens": 9, "total_tokens": 129,
-                "prompt_tokens_details": {"cached_tokens": 64}},
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}},
         })
 
 
@@ -324,7 +416,10 @@ class FakeOllama(_Server):
     "<arch>.context_length"), POST /api/chat (options.num_ctx, format = a JSON schema,
     images as base64), GET /v1/models (owned_by "library"), 404 {"error": "model 'x' not
     found"} for an unknown model. A prompt longer than num_ctx (default 2048) is cut to
-    its last num_ctx tokens, silently, as Ollama does; `truncated` counts those."""
+    its last num_ctx tokens, silently, as Ollama does; `truncated` counts those. /api/chat
+    streams unless the request says `"stream": false` (docs/api.md: "`stream`: if `false`
+    the response will be returned as a single response object, rather than a stream of
+    objects"): one JSON object a line (application/x-ndjson), `done` true on the last."""
 
     def __init__(self, models=None, reply=None, tokens_per_char: float = 0.25):
         self.models = models or {"qwen2.5:1.5b": 32768}
@@ -369,10 +464,23 @@ class _OllamaHandler(_JsonHandler):
             if prompt_tokens > num_ctx:
                 state.truncated += 1
                 prompt_tokens = num_ctx
-            return self._json(200, {"model": model, "created_at": "2026-11-28T00:00:00Z",
-                                    "message": {"role": "assistant", "content": state.reply(payload)},
-                                    "done": True, "done_reason": "stop",
-                                    "prompt_eval_count": prompt_tokens, "eval_count": 12})
+            text = state.reply(payload)
+            final = {"model": model, "created_at": "2026-11-28T00:00:00Z",
+                     "message": {"role": "assistant", "content": text},
+                     "done": True, "done_reason": "stop", "prompt_eval_count": prompt_tokens, "eval_count": 12}
+            if payload.get("stream", True) is not False:
+                pieces = [text[i:i + 8] for i in range(0, len(text), 8)]
+                lines = [{"model": model, "created_at": "2026-11-28T00:00:00Z",
+                          "message": {"role": "assistant", "content": p}, "done": False} for p in pieces]
+                lines.append({**final, "message": {"role": "assistant", "content": ""}})
+                body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            return self._json(200, final)
         self._json(404, {"error": "404 page not found"})
 
 

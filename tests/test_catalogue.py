@@ -424,3 +424,41 @@ def test_a_pinned_model_in_the_hf_cache_needs_no_hub(tmp_path, monkeypatch):
     result = run_ipo("models", "pull", "smolvlm-500m")
     assert result.returncode == 0, result.stderr
     assert local.Manifest().load()["smolvlm-500m"].files["mmproj"]["verified"] == "catalogue"
+
+
+def test_the_file_listing_is_followed_page_by_page(tmp_path, monkeypatch):
+    """The hub pages its tree listing (Link: <...>; rel="next"); a file on the last page
+    is found, and every page is asked for once, on the hub's own host."""
+    files = {f"aa-{i}.gguf": gguf_bytes(1_500, 10 + i) for i in range(4)}
+    files |= {"tiny-Q4_K_M.gguf": gguf_bytes(2_000, 1), "mmproj-tiny.gguf": gguf_bytes(2_000, 2)}
+    with FakeHub("org/tiny-vlm-GGUF", files, page_size=2) as hub:
+        hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
+        result = run_ipo("models", "pull", "tiny-vlm")
+        pages = [r["path"] for r in hub.requests if r["host"] == "hub" and "/tree/" in r["path"]]
+    assert result.returncode == 0, result.stderr
+    assert len(pages) == 4 and len(set(pages)) == 4  # 7 entries (6 files and README.md), 2 a page
+    assert all("recursive=true" in p for p in pages) and "cursor=" not in pages[0]
+    assert local.Manifest().load()["tiny-vlm"].path.read_bytes() == files["tiny-Q4_K_M.gguf"]
+
+
+def test_next_page_links_and_their_host():
+    assert hub.next_page('<https://h/api/x?cursor=2>; rel="next"', "https://h/api/x") == "https://h/api/x?cursor=2"
+    assert hub.next_page('</api/x?c=3>; rel="next", <https://h/api/x?c=0>; rel="first"',
+                         "https://h/api/x") == "https://h/api/x?c=3"
+    assert hub.next_page('<https://h/a>; rel="prev"', "https://h/a") is None
+    assert hub.next_page(None, "https://h/a") is None
+
+
+def test_a_part_file_longer_than_the_file_starts_again(tmp_path, monkeypatch):
+    """A Range past the end is answered 416 (RFC 9110): the .part is not the file's start."""
+    files = {"tiny-Q4_K_M.gguf": gguf_bytes(20_000, 1), "mmproj-tiny.gguf": gguf_bytes(2_000, 2)}
+    part = local.models_dir() / "tiny-vlm" / "tiny-Q4_K_M.gguf.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"GGUF" + b"x" * 30_000)  # longer than the file: left by another pull of another revision
+    with FakeHub("org/tiny-vlm-GGUF", files) as hub:
+        hub_catalogue(tmp_path, monkeypatch, hub.url, LMM_ENTRY)
+        result = run_ipo("models", "pull", "tiny-vlm")
+        ranges = [r["range"] for r in hub.requests if r["host"] == "cdn" and "Q4_K_M" in r["path"]]
+    assert result.returncode == 0, result.stderr
+    assert ranges == ["bytes=30004-", None] and not part.exists()
+    assert local.Manifest().load()["tiny-vlm"].path.read_bytes() == files["tiny-Q4_K_M.gguf"]

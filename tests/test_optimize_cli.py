@@ -44,7 +44,7 @@ def test_run_folder_is_complete_and_consistent(tmp_path, fashion_train, fashion_
     assert (plan["llm_where"], plan["lmm_where"], plan["machine"]) == ("CPU", "server", "cpu")
     config = json.loads((out / "config.json").read_text())
     assert config["request"]["steps"] == 3 and config["request"]["seed"] == 1
-    assert config["models"]["llm"].startswith("SmolLM2") and config["models"]["lmm"].endswith("#default")
+    assert config["models"]["llm"].startswith("SmolLM2") and config["models"]["lmm"].endswith("#" + FakeChatServer.MODEL_ID)
     assert len(config["split"]["train"]) == 20 and "torch" in config["versions"]
     records = read_history(out)
     candidates = [r for r in records if r["type"] == "candidate"]

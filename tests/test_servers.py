@@ -29,7 +29,7 @@ def test_openai_gets_the_key_a_json_schema_and_no_grammar(monkeypatch):
         payload = api.payloads[-1]
     assert gen.text == "<INS>A detailed photo of a <CLASS>.</INS>"
     assert "grammar" not in payload and payload["response_format"]["type"] == "json_schema"
-    assert payload["seed"] == 7 and gen.usage.reused_tokens == 64
+    assert payload["seed"] == 7 and gen.usage.reused_tokens == 0  # OpenAI caches from 1,024 prompt tokens
     assert all(r["auth"] == f"Bearer {KEY}" for r in api.requests)
 
 
@@ -242,16 +242,82 @@ def test_wrong_key_in_the_whole_command_is_one_line(tmp_path, fashion_train, cli
 
 def test_the_plan_names_the_defaults_for_the_machine_and_why(monkeypatch):
     from ipo_cli.llm import placement as hardware
-    from ipo_cli.optimize import job
+    from ipo_cli.optimize.plan import model_plan
+    from ipo_cli.optimize.request import Request
 
     monkeypatch.setattr(hardware, "machine", lambda: hardware.Machine("gpu", "CUDA", "llama.cpp offloads to CUDA"))
     monkeypatch.setattr(hardware, "where", lambda layers: "CUDA (all layers)")
-    plan = job.model_plan(job.Request(images="x"), use_lmm=True, gpu_layers=None)
+    plan = model_plan(Request(images="x"), use_lmm=True, gpu_layers=None)
     assert (plan["llm"], plan["lmm"]) == ("qwen2.5-7b", "qwen2.5-vl-3b")
     assert plan["llm_where"] == "CUDA (all layers)" and "gpu machine" in plan["llm_why"]
     monkeypatch.setattr(hardware, "machine", lambda: hardware.Machine("cpu", "CPU", "no GPU offload", "warning!"))
     monkeypatch.setattr(hardware, "where", lambda layers: "CPU")
-    plan = job.model_plan(job.Request(images="x"), use_lmm=True, gpu_layers=None)
+    plan = model_plan(Request(images="x"), use_lmm=True, gpu_layers=None)
     assert (plan["llm"], plan["lmm"], plan["warning"]) == ("qwen2.5-1.5b", "smolvlm-500m", "warning!")
-    plan = job.model_plan(job.Request(images="x", llm_url="http://h/v1", lmm="none"), use_lmm=False, gpu_layers=None)
+    plan = model_plan(Request(images="x", llm_url="http://h/v1", lmm="none"), use_lmm=False, gpu_layers=None)
     assert plan["llm_where"] == "server" and "machine" not in plan
+
+
+# ---- the stand-ins behave as the services do --------------------------------------------
+def test_openai_caches_only_long_prefixes_and_reports_them(monkeypatch):
+    """OpenAI reports cached tokens from 1,024 prompt tokens, in steps of 128; ipo reads
+    them as the reused part of the prompt."""
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    shared = "You write prompts for a photo classifier. " * 120  # about 1,300 tokens
+    with FakeOpenAI(key=KEY) as api:
+        llm = load_llm(url=api.url + "/v1", url_model="gpt-4o-mini")
+        first = llm.generate([{"role": "system", "content": shared}, {"role": "user", "content": "one"}], 1,
+                             SamplingSettings())
+        second = llm.generate([{"role": "system", "content": shared}, {"role": "user", "content": "two"}], 2,
+                              SamplingSettings())
+        short = llm.generate(MESSAGES, 3, SamplingSettings())
+        again = llm.generate(MESSAGES, 4, SamplingSettings())
+    assert first.usage.reused_tokens == 0 and first.usage.prompt_tokens > 1024
+    assert second.usage.reused_tokens >= 1024 and second.usage.reused_tokens % 128 == 0
+    assert second.usage.reused_tokens <= second.usage.prompt_tokens
+    assert short.usage.reused_tokens == again.usage.reused_tokens == 0  # under 1,024 tokens: never cached
+
+
+@pytest.mark.parametrize("temperature, word", [(2.5, "above maximum"), (-0.5, "below minimum")])
+def test_openai_refuses_a_temperature_outside_0_to_2_in_one_line(monkeypatch, temperature, word):
+    """ipo allows --temperature up to 5 (llama.cpp takes it); OpenAI answers 400 naming the
+    parameter, and ipo passes that on as one line."""
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    with FakeOpenAI(key=KEY) as api:
+        llm = load_llm(url=api.url + "/v1", url_model="gpt-4o-mini")
+        llm.generate(MESSAGES, 1, SamplingSettings(temperature=2.0))  # the edge is allowed
+        with pytest.raises(IpoError, match=f"HTTP 400 Invalid 'temperature': decimal {word} value") as info:
+            llm.generate(MESSAGES, 1, SamplingSettings(temperature=temperature))
+    assert "\n" not in str(info.value)
+
+
+def test_ollama_streams_unless_told_not_to():
+    """Ollama's /api/chat streams NDJSON by default; ipo always sends "stream": false."""
+    import urllib.request
+
+    with FakeOllama(models={"qwen2.5:1.5b": 32768}, reply=lambda p: "a long answer in several pieces") as ollama:
+        body = json.dumps({"model": "qwen2.5:1.5b", "messages": MESSAGES}).encode()
+        with urllib.request.urlopen(urllib.request.Request(ollama.url + "/api/chat", data=body)) as response:
+            kind, lines = response.headers["Content-Type"], response.read().decode().splitlines()
+        llm = load_llm(url=ollama.url + "/v1")
+        text = llm.generate(MESSAGES, 1, SamplingSettings()).text
+    chunks = [json.loads(line) for line in lines]
+    assert kind == "application/x-ndjson" and len(chunks) > 2 and chunks[-1]["done"] is True
+    assert "".join(c["message"]["content"] for c in chunks) == text == "a long answer in several pieces"
+    assert ollama.chats[-1]["stream"] is False
+
+
+def test_every_openai_style_stand_in_lists_its_models():
+    """GET /v1/models is part of every OpenAI-compatible server; ipo takes the one model a
+    llama.cpp server lists instead of a made-up name."""
+    from servers import FakeChatServer
+
+    with FakeChatServer() as chat, FakeOpenAI(key=KEY) as api, FakeOllama() as ollama:
+        import urllib.request
+
+        for url, headers in ((chat.url, {}), (api.url, {"Authorization": f"Bearer {KEY}"}), (ollama.url, {})):
+            with urllib.request.urlopen(urllib.request.Request(url + "/v1/models", headers=headers)) as response:
+                listed = json.loads(response.read())
+            assert listed["object"] == "list" and listed["data"][0]["id"], url
+        server = OpenAIServerLLM(chat.url + "/v1")
+        assert server.detect() == "llama.cpp" and server.model == FakeChatServer.MODEL_ID

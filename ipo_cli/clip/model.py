@@ -18,6 +18,7 @@ from ipo_cli.cache import Store, sha256_file
 from ipo_cli.clip.spec import ClipSpec, card_key, image_key, text_key
 from ipo_cli.data.folders import UnreadableImage, load_image
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import cached as checked
 
 AUTOCAST_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -54,6 +55,7 @@ class ClipModel:
         self.stats = {"images_computed": 0, "images_cached": 0, "texts_encoded": 0}
         self.warm = False
         self.text_store: Store | None = None
+        self.image_loading = "ipo"  # or "reference" (data/folders.load_image); part of the image key
 
     def remember(self, store: Store) -> None:
         """Keep text embeddings on disk too, and record what a warm command needs to use the
@@ -66,7 +68,8 @@ class ClipModel:
 
     # ---- images -------------------------------------------------------------------
     def image_key(self, file_sha: str) -> str:
-        return image_key(file_sha, self.identity, self.preprocess_id, self.open_clip_version, self.precision)
+        return image_key(file_sha, self.identity, self.preprocess_id, self.open_clip_version, self.precision,
+                         self.image_loading)
 
     def _autocast(self):
         import torch
@@ -79,7 +82,7 @@ class ClipModel:
     def _decode(self, path: Path):
         """One image ready for the model, or the reason it is unreadable (runs in a thread)."""
         try:
-            return self.preprocess(load_image(path)), None
+            return self.preprocess(load_image(path, self.image_loading)), None
         except UnreadableImage as exc:
             return None, exc
 
@@ -109,9 +112,9 @@ class ClipModel:
                 keys[i] = ""
                 todo.append(i)
                 continue
-            cached = store.get_array(keys[i]) if store is not None else None
-            if cached is not None and cached.shape == (self.embed_dim,) and np.isfinite(cached).all():
-                results[i] = cached.astype(np.float32)
+            cached = checked.vector(store.get_array(keys[i]), self.embed_dim) if store is not None else None
+            if cached is not None:  # finite, float, the model's width (gates/cached.py); else recomputed
+                results[i] = cached
                 self.stats["images_cached"] += 1
                 if progress:
                     progress(1)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
+from ipo_cli.optimize.request import Overrides, Request, make_request
 
 # The IPO paper (NeurIPS 2024), average over the 11 datasets, ViT-B/16 (shared/IPO_METHOD.md).
 PAPER = {
@@ -39,8 +42,8 @@ class Cell:
 
     def summary(self) -> dict | None:
         try:
-            data = json.loads((self.folder / "summary.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = json_in.read_json(self.folder / "summary.json", "run summary")
+        except IpoError:
             return None
         return data if isinstance(data, dict) else None
 
@@ -59,36 +62,41 @@ def cells(out: Path, datasets: list[str], seeds: list[int]) -> list[Cell]:
     return [Cell(d, s, Path(out) / d / f"seed{s}") for d in datasets for s in seeds]
 
 
-def plan(cells_: list[Cell], given: dict, budget: str | None) -> dict:
+def cell_request(cell: Cell, given: Overrides, budget: str | None) -> Request:
+    """The request of one cell: the bench's settings for this dataset and seed, base-to-novel."""
+    return make_request(replace(given, dataset=cell.dataset, seed=cell.seed, base_novel=True), budget)
+
+
+def plan(cells_: list[Cell], given: Overrides, budget: str | None) -> dict:
     """How many runs, LLM calls and captions the whole sweep needs (finished runs excluded)."""
-    from ipo_cli.optimize import job
+    from ipo_cli.data import sampling
+    from ipo_cli.optimize.plan import described_subset
 
     todo = [c for c in cells_ if not c.finished]
     llm_calls = captions = 0
     for cell in todo:
-        request = job.make_request({**given, "dataset": cell.dataset, "seed": cell.seed, "base_novel": True}, budget)
+        request = cell_request(cell, given, budget)
         llm_calls += request.steps * request.candidates
         if (request.lmm or "").lower() != "none":
-            _, train, _ = job._sample(request)
-            captions += len(job.described_subset(request, {"llm": request.llm or ""}, len(train.items)))
+            _, train, _ = sampling.sample(request)
+            captions += len(described_subset(request, {"llm": request.llm or ""}, len(train.items)))
     return {"runs": len(cells_), "finished": len(cells_) - len(todo), "to_run": len(todo),
             "llm_calls_max": llm_calls, "captions_max": captions}
 
 
-def run_cells(cells_: list[Cell], given: dict, budget: str | None, run_one) -> None:
+def run_cells(cells_: list[Cell], given: Overrides, budget: str | None,
+              run_one: Callable[[Request, Path, bool], dict]) -> None:
     """Run or resume every unfinished cell with `run_one(request, folder, resume)`."""
-    from ipo_cli.optimize import job
-
     for cell in cells_:
         if cell.finished:
             continue
         resume = (cell.folder / "config.json").is_file()
-        request = job.make_request({**given, "dataset": cell.dataset, "seed": cell.seed, "base_novel": True}, budget)
+        request = cell_request(cell, given, budget)
         if resume:
             from ipo_cli.optimize.run_folder import RunFolder
 
             saved = RunFolder.open(cell.folder)[1].get("request", {})
-            request = job.make_request({}, None, saved)
+            request = make_request(Overrides(), None, saved)
         summary = run_one(request, cell.folder, resume)
         if summary.get("interrupted"):
             raise KeyboardInterrupt
@@ -103,15 +111,20 @@ def table(cells_: list[Cell], shots: int) -> dict[str, Any]:
         if not summary or "base_novel" not in summary:
             continue
         bn = summary["base_novel"]
-        row = rows.setdefault(cell.dataset, {"seeds": [], "CLIP": [], "IPO": [], "prompts": []})
+        row = rows.setdefault(cell.dataset, {"seeds": [], "CLIP": [], "IPO": [], "prompts": [], "paper": []})
         row["seeds"].append(cell.seed)
         row["CLIP"].append((bn["baseline"]["base"], bn["baseline"]["novel"], bn["baseline"]["hm"]))
         row["IPO"].append((bn["best"]["base"], bn["best"]["novel"], bn["best"]["hm"]))
         row["prompts"].append(summary["best"]["template"])
+        if "paper" in bn:  # the paper's own prompt for the dataset, scored on the same images
+            row["paper"].append((bn["paper"]["base"], bn["paper"]["novel"], bn["paper"]["hm"]))
+            row["paper_prompt"] = bn["paper"]["template"]
     out: dict[str, Any] = {"shots": shots, "datasets": {}, "paper_average": PAPER.get(shots, {})}
     for name, row in rows.items():
         out["datasets"][name] = {"seeds": row["seeds"], "prompts": row["prompts"],
                                  **{m: _stats(row[m]) for m in ("CLIP", "IPO")}}
+        if row["paper"]:
+            out["datasets"][name]["paper_prompt"] = {"template": row["paper_prompt"], **_stats(row["paper"])}
     if rows:
         out["average"] = {m: _stats([tuple(statistics.fmean(v[i] for v in r[m]) for i in range(3))
                                      for r in rows.values()]) for m in ("CLIP", "IPO")}
@@ -138,6 +151,8 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, row in result["datasets"].items():
         lines.append(f"| {name} | {len(row['seeds'])} | {cell(row['CLIP'])} | {cell(row['IPO'])} |")
+        if "paper_prompt" in row:  # the paper's published prompt, in the IPO columns
+            lines.append(f"| {name}, the paper's prompt | {len(row['seeds'])} | — | — | — | {cell(row['paper_prompt'])} |")
     if "average" in result:
         avg = result["average"]
         lines.append(f"| **average ({avg['datasets']} datasets)** | | {cell(avg['CLIP'])} | {cell(avg['IPO'])} |")

@@ -1,135 +1,24 @@
 """`ipo optimize` as a library call: wires dataset, CLIP, captions, the LLM, the loop and
-the run folder together. The CLI only gathers a `Request` and renders what `Reporter`
-callbacks and the returned summary tell it."""
+the run folder together, checks that a resumed run is the same run, and sums it up. The
+CLI only gathers a `Request` and a `Placement` (optimize/request.py) and renders what the
+`Reporter` callbacks and the returned summary tell it."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ipo_cli import __version__
+from ipo_cli.data import sampling
+from ipo_cli.data.folders import normalize_name
 from ipo_cli.errors import IpoError
-from ipo_cli.optimize.loop import BUDGETS, LoopSettings
-
-DEFAULT_BASELINE = "a photo of a {}."
-
-
-@dataclass
-class Request:
-    """Everything a user can set; stored in config.json so that --resume alone suffices."""
-
-    images: str
-    classes: str | None = None
-    split: str | None = None
-    shots: int = 1
-    seed: int = LoopSettings.seed
-    base_novel: bool = False
-    # the loop's own defaults live in LoopSettings; a Request only repeats their names
-    steps: int = LoopSettings.steps
-    candidates: int = LoopSettings.candidates
-    history: int = LoopSettings.history
-    patience: int = LoopSettings.patience
-    temperature: float = LoopSettings.temperature
-    max_tokens: int = LoopSettings.max_tokens
-    task_hint: str | None = None
-    select: str = LoopSettings.select
-    llm: str | None = None
-    llm_url: str | None = None
-    llm_model: str | None = None
-    n_ctx: int | None = None
-    lmm: str | None = None
-    mmproj: str | None = None
-    handler: str | None = None
-    lmm_url: str | None = None
-    lmm_model: str | None = None
-    clip: str = "ViT-B-16:openai"
-    clip_weights: str | None = None
-    test_images: str | None = None
-    allow_outside_root: bool = False
-    dataset: str | None = None  # a CoOp dataset preset (presets.py), with data_root
-    data_root: str | None = None
-    baseline: str | None = None  # the hand-written template reports compare with
-
-    # settings that must not change on resume (all of them but where results go)
-    def settings(self) -> dict:
-        return asdict(self)
-
-    def check(self) -> None:
-        """Refuse values that cannot mean anything (and could never be resumed: nan != nan)."""
-        import math
-
-        checks = [
-            ("--temperature", self.temperature, 0.0, 5.0), ("--shots", self.shots, 1, 10_000),
-            ("--steps", self.steps, 1, 100_000), ("--candidates", self.candidates, 1, 1000),
-            ("--history", self.history, 0, 100_000), ("--patience", self.patience, 1, 100_000),
-            ("--max-tokens", self.max_tokens, 8, 100_000), ("--seed", self.seed, 0, 2**63 - 1),
-        ]
-        if self.n_ctx is not None:
-            checks.append(("--n-ctx", self.n_ctx, 256, 10_000_000))
-        from ipo_cli.llm.openai_http import check_url
-
-        for flag, url in (("--llm-url", self.llm_url), ("--lmm-url", self.lmm_url)):
-            if url:
-                check_url(url, flag)
-        for flag, value, low, high in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high:
-                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Request:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def _overrides():
-    from dataclasses import make_dataclass
-    from typing import Optional
-
-    return make_dataclass("Overrides", [(f.name, Optional[f.type], None) for f in fields(Request)])
-
-
-# What the user typed: every Request field, None where not given. The CLI builds this
-# directly, so a flag that names no setting fails at once instead of vanishing in a dict.
-Overrides = _overrides()
-
-
-def make_request(given: dict | Any, budget: str | None = None, saved: dict | None = None) -> Request:
-    """The settings of a run, in one place, by precedence: what the user typed, then the
-    presets (--budget's steps x candidates; --dataset's images, task hint and baseline
-    template), then a resumed run's saved settings, then the defaults."""
-    if not isinstance(given, dict):  # Overrides
-        given = {k: v for k, v in asdict(given).items() if v is not None}
-    data = dict(saved or {})
-    if budget:
-        if budget not in BUDGETS:
-            raise IpoError(f"--budget must be one of {', '.join(BUDGETS)}, not {budget!r}")
-        data["steps"], data["candidates"] = BUDGETS[budget]
-    dataset = given.get("dataset") or data.get("dataset")
-    if dataset:
-        from ipo_cli.data import coop as presets
-
-        preset = presets.get(dataset)
-        root = given.get("data_root") or data.get("data_root")
-        data.update(dataset=preset.name, task_hint=preset.hint, baseline=preset.template,
-                    images=str(presets.images_folder(preset, Path(root))) if root else None)
-        for key in ("split", "classes"):
-            if given.get(key):
-                raise IpoError(f"--{key} and --dataset both say where the images are", "pass one of them")
-    data.update(given)
-    if not data.get("images"):
-        raise IpoError("missing the images folder",
-                       "ipo optimize IMAGES --classes classes.txt, --dataset NAME --data-root DIR, or --resume DIR")
-    try:
-        request = Request.from_dict(data)
-    except TypeError as exc:
-        raise IpoError(f"the saved settings are malformed: {exc}", "start a new run") from None
-    request.check()
-    return request
+from ipo_cli.optimize.loop import LoopSettings
+from ipo_cli.optimize.plan import described_subset, ensure_pulled, model_plan
+from ipo_cli.optimize.request import Placement, Request, saved_settings
 
 
 class Reporter:
@@ -153,119 +42,6 @@ class Reporter:
     def step(self, summary: dict, state) -> None: ...
 
 
-def _ensure_pulled(name: str, kind: str, offline: bool, reporter: Reporter) -> None:
-    """Pull a default model on first use, as open_clip and ollama do (not when offline)."""
-    from ipo_cli.store import entries, hub, local
-
-    if name in local.Manifest().load():
-        return
-    entry = entries.load_catalogue()[name]
-    if offline or hub.offline():
-        raise IpoError(f"the default {kind} {name!r} is not installed and ipo is offline",
-                       f"run: ipo models pull {name} (when online), or pass --{kind} FILE.gguf")
-    reporter.pull(name, entry.size)
-
-
-# What a description is budgeted at when deciding how many fit the meta-prompt, before any
-# is written: a typical detailed caption (half the 160-token cap) plus its "Image_i: "
-# line; the task and instructions; and the first few history items (the meta-prompt then
-# drops descriptions, seeded, as the history grows).
-CAPTION_TOKENS = 80 + 8
-META_OVERHEAD = 600
-HISTORY_ITEM_TOKENS = 60
-HISTORY_RESERVED = 5
-
-
-def described_subset(request: Request, plan: dict, n_images: int) -> list[int]:
-    """Which training images to caption: a subset drawn with --seed, as many as fit the
-    LLM's context next to the first history items (each description at a typical length,
-    CAPTION_TOKENS), so that LMM calls are not spent on descriptions the meta-prompt would
-    leave out."""
-    import random
-
-    from ipo_cli.store.entries import load_catalogue
-
-    n_ctx = request.n_ctx
-    if n_ctx is None and not request.llm_url:
-        entry = load_catalogue().get(plan.get("llm", ""))
-        n_ctx = entry.n_ctx if entry else None
-    n_ctx = n_ctx or 8192
-    room = n_ctx - request.max_tokens - 16 - META_OVERHEAD - min(request.history, HISTORY_RESERVED) * HISTORY_ITEM_TOKENS
-    fit = max(0, room // CAPTION_TOKENS)
-    order = list(range(n_images))
-    random.Random(request.seed).shuffle(order)
-    return sorted(order[:fit])
-
-
-def _sample(request: Request):
-    """Training (and validation) images as CoOp/Dassl draw them: one generator seeded with
-    --seed draws K shots per class over all classes (labels in the order they first appear
-    in the split's train list), then the val sample with min(K, 4) shots from the split's
-    val list (CoOp's dataset classes), and only then are the classes cut to the base half
-    (`subsample_classes`). The val sample is drawn even when not used, so the training
-    images are the same with --select train or val."""
-    import random
-
-    from ipo_cli.data import folders as ds
-
-    full = _load(request, "train")
-    if len(full.classnames) < 2:
-        raise IpoError(f"{request.images} has {len(full.classnames)} class; prompt optimisation needs at least two")
-    base_labels = list(range(len(full.classnames)))
-    if request.base_novel:
-        base_labels, _ = ds.base_novel_labels(len(full.classnames))
-        if len(base_labels) < 2:
-            raise IpoError("--base-novel leaves fewer than two base classes", "use at least four classes")
-    rng = random.Random(request.seed)
-    train_all = ds.few_shot(full, request.shots, rng)
-    k = min(request.shots, 4)
-    val_source = _val_source(request, full, train_all)
-    val_all = ds.few_shot(val_source, k, rng, strict=False) if val_source is not None else None
-    train = train_all.subset_classes(base_labels)
-    val = None
-    if request.select == "val":
-        if val_all is None or any(len(v) == 0 for v in val_all.subset_classes(base_labels).by_label().values()):
-            raise IpoError("not enough images for the validation sample of --select val",
-                           "add images, or use --select train")
-        val = val_all.subset_classes(base_labels)
-    return full, train, val
-
-
-def _load(request: Request, part: str):
-    from ipo_cli.data import folders as ds
-
-    if request.dataset:
-        from ipo_cli.data import coop as presets
-
-        return presets.load(request.dataset, request.data_root, part)
-    return ds.load_dataset(Path(request.images), Path(request.classes) if request.classes else None,
-                           Path(request.split) if request.split else None, part, request.allow_outside_root)
-
-
-def _val_source(request: Request, full, train):
-    """CoOp's val list: the split file's val part; for a plain folder, the images not drawn
-    for training."""
-    if request.dataset or request.split:
-        try:
-            return _load(request, "val")
-        except IpoError:
-            return None  # no val part: CoOp's ImageNet draws no val sample either
-    return full.without(set(train.paths))
-
-
-def _test_set(request: Request, full):
-    from ipo_cli.data import folders as ds
-
-    if request.test_images:
-        return ds.load_dataset(Path(request.test_images), Path(request.classes) if request.classes else None)
-    if request.dataset:
-        return _load(request, "test")
-    if request.split:
-        return ds.load_split(Path(request.split), Path(request.images), "test", request.allow_outside_root)
-    raise IpoError("--base-novel needs held-out images to report base and novel accuracy",
-                   "pass --test-images DIR (same classes) or a --split file with a test part")
-
-
 def versions() -> dict:
     import importlib.metadata as md
 
@@ -276,40 +52,10 @@ def versions() -> dict:
     return out
 
 
-def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
-    """Which LLM and LMM run, where, and why (the defaults follow the machine)."""
-    from ipo_cli.llm import placement as hardware
-    from ipo_cli.store.entries import default_model
-
-    plan: dict[str, Any] = {}
-    need_local = (not request.llm_url) or (use_lmm and not request.lmm_url)
-    found = hardware.machine() if need_local else None
-    if found is not None:
-        plan["machine"] = found.kind
-        plan["machine_why"] = found.why
-        if found.warning:
-            plan["warning"] = found.warning
-    where = hardware.where(gpu_layers) if need_local else None
-    for role, given, url, used in (("llm", request.llm, request.llm_url, True),
-                                   ("lmm", request.lmm, request.lmm_url, use_lmm)):
-        if not used:
-            plan[role], plan[f"{role}_where"] = "none", None
-        elif url:
-            plan[role], plan[f"{role}_where"] = url, "server"
-        else:
-            plan[role] = given or default_model(role, found.kind).name
-            plan[f"{role}_where"] = where
-            if not given:
-                plan[f"{role}_why"] = f"default for a {found.kind} machine: {found.why}"
-    return plan
-
-
-def run(request: Request, out: Path, resume: bool = False, force: bool = False, offline: bool = False,
-        cache_dir: Path | None = None, reporter: Reporter | None = None, device: str = "auto",
-        gpu_layers: int | None = None, parallel: int | None = None) -> dict:
-    """The whole `ipo optimize`. `gpu_layers` (llama.cpp offload) and `parallel` (candidates
-    in flight to a server; default: --candidates) change where and how fast, not what is
-    computed, so they are not part of the run's saved settings."""
+def run(request: Request, placement: Placement, out: Path, reporter: Reporter | None = None, *,
+        resume: bool = False, force: bool = False) -> dict:
+    """The whole `ipo optimize`: `request` decides what is computed (and is saved with the
+    run), `placement` where and how fast (it is not: it may differ on resume)."""
     from ipo_cli import cache
     from ipo_cli.llm import captions as describe
     from ipo_cli.clip import evaluate
@@ -324,7 +70,7 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     started = time.perf_counter()
     if resume:
         folder, saved = RunFolder.open(out, lock=True)
-        diffs = compare_settings(saved.get("request", {}), request.settings())
+        diffs = compare_settings(saved_settings(saved.get("request", {})), request.settings())
         if diffs:
             raise IpoError(f"cannot resume {out} with different settings ({'; '.join(diffs)})",
                            "resume with the run's own settings (just --resume DIR), or start a new run with --out")
@@ -333,15 +79,21 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         RunFolder.check_target(out, force)
     if request.select not in ("train", "val"):
         raise IpoError(f"--select must be train or val, not {request.select!r}")
-    full, train, val = _sample(request)
+    placement.check()
+    full, train, val = sampling.sample(request)
+    held_out = sampling.held_out_set(request, full) if request.base_novel else None  # checked before any work
+    if held_out is not None and [normalize_name(n) for n in held_out.classnames] != \
+            [normalize_name(n) for n in full.classnames]:
+        raise IpoError("--base-novel: the held-out images have other classes than the training images "
+                       f"({len(held_out.classnames)} vs {len(full.classnames)}, or another order)",
+                       "pass --test-images with the same class folders (or the same --classes file)")
     if resume:  # before any model is loaded: every saved training image must be drawn again
         drawn = {"train": [[str(p), label] for p, label in zip(train.paths, train.labels)]}
         _refuse_changed_sample(out, saved.get("split"), drawn, both_ways=False)
     use_lmm = (request.lmm or "").lower() != "none"
-    if parallel is not None and parallel < 1:
-        raise IpoError(f"--parallel must be at least 1, not {parallel}")
-    models_plan = model_plan(request, use_lmm, gpu_layers)
-    parallel = parallel or request.candidates
+    models_plan = model_plan(request, use_lmm, placement.gpu_layers)
+    gpu_layers = models_plan.get("gpu_layers")  # resolved once, for every llama.cpp model of the run
+    parallel = placement.parallel or request.candidates
     plan = {
         "images": len(full.items), "classes": len(full.classnames), "train_classes": len(train.classnames),
         "shots": request.shots, "train_images": len(train.items), "val_images": len(val.items) if val else 0,
@@ -351,20 +103,23 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
         **models_plan,
         "parallel": parallel if request.llm_url else 1,
         "clip": request.clip, "out": str(out),
+        "sample": sampling.sample_source(request),
     }
     described = described_subset(request, plan, len(train.items)) if use_lmm else []
     plan["captions"] = len(described)
     plan["captions_of"] = len(train.items)
     reporter.plan(plan)
+    if plan.get("gpu_layers_note"):
+        reporter.warn(plan["gpu_layers_note"])
     if not request.llm and not request.llm_url:
-        _ensure_pulled(plan["llm"], "llm", offline, reporter)
+        ensure_pulled(plan["llm"], "llm", placement.offline, reporter.pull)
     if use_lmm and not request.lmm and not request.lmm_url:
-        _ensure_pulled(plan["lmm"], "lmm", offline, reporter)
+        ensure_pulled(plan["lmm"], "lmm", placement.offline, reporter.pull)
 
-    root = cache.cache_root(cache_dir)
+    root = cache.cache_root(placement.cache_dir)
     spec = parse_clip(request.clip, request.clip_weights)
     with reporter.status(f"loading CLIP {spec.identity}"):
-        clip = load_clip(spec, device)
+        clip = load_clip(spec, placement.device)
     store = cache.Store(root, "embeddings")
     clip.remember(store)  # text embeddings on disk too: later evals and reports need no model
     sets = []
@@ -445,13 +200,14 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
     summary = summarize(result, folder, models, time.perf_counter() - started)
     summary["plan"] = plan
     if request.base_novel and not result.interrupted:
-        test = _test_set(request, full)
+        test = held_out
         with reporter.progress("embedding test images", len(test.items)) as advance:
             test_set = evaluate.embed_dataset(clip, test, store, progress=advance)
-        from ipo_cli.data.prompts import parse_prompts
+        from ipo_cli.data.prompts import paper_prompt, parse_prompts
 
-        evaluation = evaluate.evaluate(clip, test_set, parse_prompts([result.best["template"]]),
-                                       baseline=request.baseline or DEFAULT_BASELINE, base_novel=True,
+        paper = paper_prompt(request.dataset, request.shots)  # the paper's own prompt, scored beside it
+        evaluation = evaluate.evaluate(clip, test_set, parse_prompts([result.best["template"]]) + ([paper] if paper else []),
+                                       baseline=request.baseline or evaluate.DEFAULT_BASELINE, base_novel=True,
                                        seed=request.seed)
         folder.write_json("eval_base_novel.json", evaluation.to_json())
         best_row, base_row = evaluation.rows[0], evaluation.rows[-1]
@@ -461,6 +217,10 @@ def run(request: Request, out: Path, resume: bool = False, force: bool = False, 
             "baseline": {"base": base_row.base, "novel": base_row.novel, "hm": base_row.hm},
             "hm_delta": best_row.delta, "hm_delta_ci": [best_row.delta_low, best_row.delta_high],
         }
+        if paper:
+            row = evaluation.rows[1]
+            summary["base_novel"]["paper"] = {"template": paper.templates[0], "base": row.base, "novel": row.novel,
+                                              "hm": row.hm}
     folder.write_json("summary.json", summary)
     return summary
 

@@ -21,7 +21,6 @@ from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage
 from ipo_cli.optimize.run_folder import RunFolder
 
 BASELINE = "a photo of a <CLASS>."
-BUDGETS = {"light": (10, 4), "medium": (30, 5), "heavy": (100, 8)}
 RETRIES = 3  # extra attempts, with new seeds, when a step yields no valid candidate
 
 

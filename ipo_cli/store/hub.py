@@ -88,12 +88,47 @@ class RemoteFile:
     chosen_from: list[str] = field(default_factory=list)  # a pattern's matches, when there were several
 
 
+MAX_PAGES = 1000  # of one file listing; a hub that links on past this is refused
+
+
+def next_page(link: str | None, current: str) -> str | None:
+    """The `rel="next"` URL of a `Link` header (`<URL>; rel="next"`, the GitHub format that
+    huggingface_hub's `paginate` follows: huggingface_hub/utils/_pagination.py reads
+    `response.links["next"]["url"]`), resolved against the page it came with."""
+    for part in (link or "").split(","):
+        target, _, params = part.partition(";")
+        target = target.strip()
+        if not (target.startswith("<") and target.endswith(">")):
+            continue
+        rels = {p.strip().partition("=")[2].strip('"').lower() for p in params.split(";") if "=" in p}
+        if any("next" in r.split() for r in rels):
+            return urllib.parse.urljoin(current, target[1:-1])
+    return None
+
+
 def _http_json(url: str, repo: str, revision: str, timeout: float = 30) -> Any:
-    try:
-        with hub_open(url, timeout=timeout) as response:
-            return json_in.loads(http.read_capped(response, what="the hub's file list"), f"the hub's file list {url}")
-    except urllib.error.HTTPError as exc:
-        raise hub_http_error(exc, repo, revision, "the file list") from None
+    """A listing, every page of it: the hub pages long tree listings and links each page
+    to the next with a `Link: <...>; rel="next"` header (huggingface_hub's `list_repo_tree`
+    goes through `paginate`, hf_api.py). The next page must be on the hub's own origin."""
+    items: list = []
+    for _page in range(MAX_PAGES):
+        try:
+            with hub_open(url, timeout=timeout) as response:
+                page = json_in.loads(http.read_capped(response, what="the hub's file list"),
+                                     f"the hub's file list {url}")
+                following = next_page(response.headers.get("Link"), url)
+        except urllib.error.HTTPError as exc:
+            raise hub_http_error(exc, repo, revision, "the file list") from None
+        if not isinstance(page, list):
+            return page  # the caller names what is wrong
+        items.extend(page)
+        if following is None:
+            return items
+        if not http.same_origin(following, endpoint()):
+            raise IpoError(f"the hub's file list of {repo}@{revision} links its next page to another host",
+                           "is HF_ENDPOINT a hub?")
+        url = following
+    raise IpoError(f"the hub's file list of {repo}@{revision} has more than {MAX_PAGES} pages", "is HF_ENDPOINT a hub?")
 
 
 def prefer(matches: list[str], role: str) -> str:

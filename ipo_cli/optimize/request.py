@@ -1,0 +1,216 @@
+"""What a run is asked to do (`Request`), what the user typed (`Overrides`), and where it
+runs (`Placement`).
+
+A `Request` holds every setting that decides what is computed; it is stored in the run's
+config.json so that `--resume DIR` alone suffices, and a resumed run must ask for the same.
+`Placement` (device, llama.cpp offload, requests in flight, cache folder, offline) changes
+where and how fast, never the result, so it is not saved and may differ on resume.
+`make_request` applies the one order of precedence: typed flags, then the presets
+(`--budget`; `--dataset`'s images, task hint and baseline template), then a resumed run's
+saved settings, then the defaults. Each setting's limits are stated once, in `LIMITS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ipo_cli.clip.spec import DEFAULT_CLIP
+from ipo_cli.errors import IpoError
+from ipo_cli.optimize.loop import LoopSettings
+
+# --budget: steps x candidates
+BUDGETS = {"light": (10, 4), "medium": (30, 5), "heavy": (100, 8)}
+
+# The one range check of each numeric setting (the CLI's min=/max= say the same).
+LIMITS: dict[str, tuple[str, float, float]] = {
+    "temperature": ("--temperature", 0.0, 5.0), "shots": ("--shots", 1, 10_000),
+    "steps": ("--steps", 1, 100_000), "candidates": ("--candidates", 1, 1000),
+    "history": ("--history", 0, 100_000), "patience": ("--patience", 0, 100_000),
+    "hide_below": ("--hide-below", 0.0, 100.0),
+    "max_tokens": ("--max-tokens", 8, 100_000), "seed": ("--seed", 0, 2**63 - 1),
+    "n_ctx": ("--n-ctx", 256, 10_000_000),
+}
+PATH_FIELDS = ("images", "classes", "split", "mmproj", "clip_weights", "test_images", "data_root")
+
+
+@dataclass
+class Request:
+    """Everything a user can set that decides the result; stored in config.json."""
+
+    images: Path
+    classes: Path | None = None
+    split: Path | None = None
+    shots: int = 1
+    seed: int = LoopSettings.seed
+    base_novel: bool = False
+    # the loop's own defaults live in LoopSettings; a Request only repeats their names
+    steps: int = LoopSettings.steps
+    candidates: int = LoopSettings.candidates
+    history: int = LoopSettings.history
+    patience: int = LoopSettings.patience
+    hide_below: float = LoopSettings.hide_below
+    temperature: float = LoopSettings.temperature
+    max_tokens: int = LoopSettings.max_tokens
+    task_hint: str | None = None
+    select: str = LoopSettings.select
+    llm: str | None = None
+    llm_url: str | None = None
+    llm_model: str | None = None
+    n_ctx: int | None = None
+    lmm: str | None = None
+    mmproj: Path | None = None
+    handler: str | None = None
+    lmm_url: str | None = None
+    lmm_model: str | None = None
+    clip: str = DEFAULT_CLIP
+    clip_weights: Path | None = None
+    test_images: Path | None = None
+    allow_outside_root: bool = False
+    dataset: str | None = None  # a CoOp dataset preset (data/coop.py), with data_root
+    data_root: Path | None = None
+    baseline: str | None = None  # the hand-written template reports compare with (--baseline)
+    fresh_sample: bool = False  # draw anew even when CoOp's cached sample file exists (data/coop_cache.py)
+
+    def __post_init__(self) -> None:
+        for name in PATH_FIELDS:  # paths stay Path until config.json is written
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, Path(value))
+
+    def settings(self) -> dict:
+        """The settings as config.json stores them (paths as text); all must match on resume."""
+        data = asdict(self)
+        for name in PATH_FIELDS:
+            if data[name] is not None:
+                data[name] = str(data[name])
+        return data
+
+    def check(self) -> None:
+        """Refuse values that cannot mean anything (and could never be resumed: nan != nan)."""
+        from ipo_cli.llm.openai_http import check_url
+
+        for flag, url in (("--llm-url", self.llm_url), ("--lmm-url", self.lmm_url)):
+            if url:
+                check_url(url, flag)
+        for name, (flag, low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if value is None and name == "n_ctx":  # the model's own context
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not low <= value <= high:
+                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Request:
+        names = {f.name for f in fields(cls)}
+        for f in fields(cls):  # a saved config.json is outside input: each value of its field's kind
+            value, kind = data.get(f.name), str(f.type)
+            if value is None:
+                continue
+            ok = isinstance(value, (str, Path)) if ("str" in kind or "Path" in kind) else \
+                isinstance(value, bool) if kind == "bool" else \
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise IpoError(f"the setting {f.name!r} is {str(value)[:40]!r} (a {type(value).__name__}), "
+                               f"not a {kind.replace(' | None', '')}", "fix the run's config.json, or start a new run")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def saved_settings(saved: dict) -> dict:
+    """A run's saved settings as `Request.settings()` writes them today (a path saved as
+    "imgs/" reads back as "imgs"), so that an old run compares equal to itself."""
+    return {k: str(Path(v)) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in saved.items()}
+
+
+@dataclass
+class Overrides:
+    """What the user typed: every Request field, None where not given. Written out (not
+    generated) so that a type checker sees it; a test keeps it in step with Request."""
+
+    images: Path | None = None
+    classes: Path | None = None
+    split: Path | None = None
+    shots: int | None = None
+    seed: int | None = None
+    base_novel: bool | None = None
+    steps: int | None = None
+    candidates: int | None = None
+    history: int | None = None
+    patience: int | None = None
+    hide_below: float | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    task_hint: str | None = None
+    select: str | None = None
+    llm: str | None = None
+    llm_url: str | None = None
+    llm_model: str | None = None
+    n_ctx: int | None = None
+    lmm: str | None = None
+    mmproj: Path | None = None
+    handler: str | None = None
+    lmm_url: str | None = None
+    lmm_model: str | None = None
+    clip: str | None = None
+    clip_weights: Path | None = None
+    test_images: Path | None = None
+    allow_outside_root: bool | None = None
+    dataset: str | None = None
+    data_root: Path | None = None
+    baseline: str | None = None
+    fresh_sample: bool | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+@dataclass
+class Placement:
+    """Where and how fast a run computes; none of it changes the result, so none of it is
+    saved with the run."""
+
+    device: str = "auto"  # CLIP: auto, cpu, cuda[:N]
+    gpu_layers: int | None = None  # llama.cpp offload: None = all with a GPU build, else 0; -1 all
+    parallel: int | None = None  # candidates in flight to --llm-url (default: --candidates)
+    cache_dir: Path | None = None
+    offline: bool = False  # never download a default model
+
+    def check(self) -> None:
+        if self.parallel is not None and self.parallel < 1:
+            raise IpoError(f"--parallel must be at least 1, not {self.parallel}")
+
+
+def make_request(given: Overrides, budget: str | None = None, saved: dict | None = None) -> Request:
+    """The settings of a run, by precedence: what the user typed, then the presets
+    (--budget's steps x candidates; --dataset's images, task hint and baseline template),
+    then a resumed run's saved settings, then the defaults."""
+    typed = given.given()
+    data = dict(saved or {})
+    if budget:
+        if budget not in BUDGETS:
+            raise IpoError(f"--budget must be one of {', '.join(BUDGETS)}, not {budget!r}")
+        data["steps"], data["candidates"] = BUDGETS[budget]
+    dataset = typed.get("dataset") or data.get("dataset")
+    if dataset:
+        from ipo_cli.data import coop as presets
+
+        preset = presets.get(dataset)
+        root = typed.get("data_root") or data.get("data_root")
+        data.update(dataset=preset.name, task_hint=preset.hint, baseline=preset.template,
+                    images=str(presets.images_folder(preset, Path(root))) if root else None)
+        for key in ("split", "classes"):
+            if typed.get(key):
+                raise IpoError(f"--{key} and --dataset both say where the images are", "pass one of them")
+    data.update(typed)
+    if not data.get("images"):
+        raise IpoError("missing the images folder",
+                       "ipo optimize IMAGES --classes classes.txt, --dataset NAME --data-root DIR, or --resume DIR")
+    try:
+        request = Request.from_dict(data)
+    except TypeError as exc:
+        raise IpoError(f"the saved settings are malformed: {exc}", "start a new run") from None
+    request.check()
+    return request
