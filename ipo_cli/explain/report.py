@@ -21,10 +21,10 @@ loaded only to encode the few new texts the attribution needs.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import re
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
+from ipo_cli.gates.text import html_text, terminal_safe
 from ipo_cli.optimize.meta_prompt import PLACEHOLDER
 
 TOP_PROMPTS = 5
@@ -193,8 +195,8 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     base_novel = None
     if summary_path.is_file():
         try:
-            base_novel = json.loads(summary_path.read_text(encoding="utf-8")).get("base_novel")
-        except ValueError:
+            base_novel = json_in.object_at(json_in.read_json(summary_path, "run summary"), "run summary").get("base_novel")
+        except IpoError:
             base_novel = None
     images = config.get("descriptions") or [{"path": str(p), "description": ""} for p in train.dataset.paths[:40]]
     return Report(str(run), steps, scored, best, baseline, classnames, per_class, confusions,
@@ -245,6 +247,7 @@ def plots(report: Report) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # a prompt or a name with $...$ is text, not math
     import matplotlib.pyplot as plt
 
     out = {}
@@ -263,7 +266,7 @@ def plots(report: Report) -> dict[str, bytes]:
     out["search.png"] = _figure_png(fig)
 
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.28 * len(report.per_class_delta))))
-    names = [c for c, _ in report.per_class_delta]
+    names = [terminal_safe(c, newlines=False) for c, _ in report.per_class_delta]  # outside text, drawn: controls escaped
     deltas = [d for _, d in report.per_class_delta]
     ax.barh(names, deltas, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
     ax.axvline(0, color="black", lw=0.8)
@@ -271,7 +274,7 @@ def plots(report: Report) -> dict[str, bytes]:
     out["per_class.png"] = _figure_png(fig)
 
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.3 * len(report.attribution))))
-    units = [a.unit for a in report.attribution][::-1]
+    units = [terminal_safe(a.unit, newlines=False) for a in report.attribution][::-1]
     changes = [a.loss_change for a in report.attribution][::-1]
     ax.barh(units, changes, color=["tab:green" if c > 0 else "tab:red" for c in changes])
     ax.axvline(0, color="black", lw=0.8)
@@ -300,16 +303,16 @@ def _highlight(report: Report) -> str:
     for word in report.best["template"].split():
         change = words.get(word)
         if change is None:
-            spans.append(f"<b>{html.escape(word)}</b>")
+            spans.append(f"<b>{html_text(word)}</b>")
             continue
         alpha = min(1.0, abs(change) / scale)
         colour = f"rgba(0,160,0,{alpha:.2f})" if change > 0 else f"rgba(220,0,0,{alpha:.2f})"
-        spans.append(f'<span style="background:{colour}" title="loss change {change:+.4f}">{html.escape(word)}</span>')
+        spans.append(f'<span style="background:{colour}" title="loss change {change:+.4f}">{html_text(word)}</span>')
     return " ".join(spans)
 
 
 def to_html(report: Report, pngs: dict[str, bytes]) -> str:
-    e = html.escape
+    e = html_text
 
     def img(name: str) -> str:
         return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(pngs[name]).decode()}">'
@@ -382,14 +385,20 @@ def write_bench(folder: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False  # a prompt or a name with $...$ is text, not math
     import matplotlib.pyplot as plt
 
     folder = Path(folder)
     try:
-        table = json.loads((folder / "table.json").read_text(encoding="utf-8"))
+        table = json_in.read_json(folder / "table.json", "bench table")
         rows = table["datasets"]
         assert isinstance(rows, dict)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        for row in rows.values():  # every cell a number, the seeds a list: checked before drawing
+            assert isinstance(row["seeds"], list)
+            for m in ("CLIP", "IPO"):
+                for k in ("base", "novel", "H"):
+                    assert all(isinstance(row[m][k][v], (int, float)) for v in ("mean", "std"))
+    except (IpoError, KeyError, TypeError, AssertionError):
         raise IpoError(f"{folder}/table.json is not an ipo bench table", "run ipo bench again") from None
     names = list(rows)
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 3.5))
@@ -402,7 +411,7 @@ def write_bench(folder: Path) -> Path:
     ax.legend()
     png = _figure_png(fig)
     (folder / "h_per_dataset.png").write_bytes(png)
-    e = html.escape
+    e = html_text  # the text-out gate: every value from the table is escaped (gates/text.py)
     lines = ["<!doctype html><html><head><meta charset='utf-8'><title>ipo bench</title><style>"
              "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px}</style></head><body>",
@@ -414,7 +423,8 @@ def write_bench(folder: Path) -> Path:
         row = rows[name]
         cells = "".join(f"<td>{row[m][k]['mean']:.2f} ± {row[m][k]['std']:.2f}</td>"
                         for m in ("CLIP", "IPO") for k in ("base", "novel", "H"))
-        links = ", ".join(f"<a href='{e(name)}/seed{s}/report/report.html'>seed {s}</a>" for s in row["seeds"])
+        links = ", ".join(f"<a href='{e(urllib.parse.quote(str(name)))}/seed{e(s)}/report/report.html'>seed {e(s)}</a>"
+                          for s in row["seeds"])
         lines.append(f"<tr><td>{e(name)} ({links})</td><td>{len(row['seeds'])}</td>{cells}</tr>")
     lines.append("</table></body></html>")
     (folder / "report.html").write_text("\n".join(lines), encoding="utf-8")
