@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ipo_cli.errors import IpoError
 from ipo_cli.clip.scoring import Prompt
+from ipo_cli.errors import IpoError
 
 
 @dataclass
@@ -63,8 +63,8 @@ class Classifier:
         self.texts = [t for texts in prompt.texts(self.classnames) for t in texts]  # checks per-class coverage
         self.spec = (clip, clip_weights, device)
         self.store = cache.Store(cache.cache_root(cache_dir), "embeddings")
-        self.clip = None  # loaded on first need: a fully cached batch of files needs no model at all
-        self.text = None
+        self.clip: Any = None  # loaded on first need: a fully cached batch of files needs no model at all
+        self.text: Any = None
 
     def _model(self, paths: Sequence[Path] = (), need_model: bool = False):
         from ipo_cli.clip.loading import open_clip_model

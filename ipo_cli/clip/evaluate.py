@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
+from ipo_cli.clip.scoring import Prompt, Score, check_template, harmonic_mean, paired_bootstrap, score_prompt
 from ipo_cli.data.folders import Dataset, base_novel_labels
 from ipo_cli.errors import IpoError
-from ipo_cli.clip.scoring import Prompt, Score, check_template, harmonic_mean, paired_bootstrap, score_prompt
 
 DEFAULT_BASELINE = "a photo of a {}."
 
@@ -98,7 +99,7 @@ class EvalReport:
 
     def to_json(self) -> dict:
         """CLIP_benchmark-style `metrics` per prompt, plus ipo's own fields."""
-        out = {
+        out: dict[str, Any] = {
             "clip": self.clip,
             "n_images": self.n_images,
             "n_classes": len(self.classnames),

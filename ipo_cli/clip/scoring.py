@@ -150,7 +150,7 @@ def score_prompt(
     prompt: Prompt,
     classnames: Sequence[str],
     image_emb: np.ndarray,
-    labels: Sequence[int],
+    labels: Sequence[int] | np.ndarray,
 ) -> Score:
     return score_embeddings(image_emb, labels, class_embeddings(encoder, prompt, classnames), encoder.logit_scale)
 
@@ -160,8 +160,8 @@ def harmonic_mean(base: float, novel: float) -> float:
 
 
 def paired_bootstrap(
-    correct_a: np.ndarray,
-    correct_b: np.ndarray,
+    correct_a: np.ndarray | None,
+    correct_b: np.ndarray | None,
     n_boot: int = 2000,
     seed: int = 0,
     groups: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
@@ -175,6 +175,7 @@ def paired_bootstrap(
     """
     rng = np.random.default_rng(seed)
     if groups is None:
+        assert correct_a is not None and correct_b is not None, "paired_bootstrap needs both arrays or groups"
         a, b = correct_a.astype(np.float64), correct_b.astype(np.float64)
         delta = (a.mean() - b.mean()) * 100
         idx = rng.integers(0, len(a), size=(n_boot, len(a)))

@@ -127,7 +127,7 @@ def open_clip_version() -> str:
 
 def image_key(file_sha: str, identity: str, preprocess_id: str, version: str, precision: str,
               image_loading: str = "ipo") -> str:
-    extra = () if precision == "fp32" else (precision,)  # fp32 keys predate the precision
+    extra: tuple[str, ...] = () if precision == "fp32" else (precision,)  # fp32 keys predate the precision
     extra += () if image_loading == "ipo" else (image_loading,)  # ipo keys predate the choice
     return "img:" + key_of(file_sha, identity, preprocess_id, version, *extra)
 
