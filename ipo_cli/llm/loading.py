@@ -10,7 +10,13 @@ from ipo_cli.llm.openai_http import OpenAIServerLLM, check_url
 def load_llm(model: str | None = None, url: str | None = None, url_model: str | None = None,
              n_ctx: int | None = None, n_threads: int | None = None, gpu_layers: int | None = None,
              machine: str = "cpu") -> LLM:
-    """`--llm NAME|FILE` or `--llm-url URL [--llm-model NAME]`."""
+    """`--llm NAME|FILE` or `--llm-url URL [--llm-model NAME]`; `--llm SCHEME:NAME` for a
+    backend a program registered (llm/registry.py)."""
+    from ipo_cli.llm import registry
+
+    registered = None if url else registry.create(model, "llm", n_ctx=n_ctx)
+    if registered is not None:
+        return registered
     if url:
         check_url(url, "--llm-url")
         server = OpenAIServerLLM(url, url_model, n_ctx=n_ctx)

@@ -23,6 +23,7 @@ def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
     llama.cpp models load with); when every model runs on a server it changes nothing,
     and the plan says so (plan["gpu_layers_note"])."""
     from ipo_cli.llm import placement as hardware
+    from ipo_cli.llm import registry
     from ipo_cli.store.entries import default_model
 
     plan: dict[str, Any] = {}
@@ -45,6 +46,8 @@ def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
             plan[role], plan[f"{role}_where"] = "none", None
         elif url:
             plan[role], plan[f"{role}_where"] = url, "server"
+        elif registry.lookup(given, role) is not None:
+            plan[role], plan[f"{role}_where"] = given, "a registered backend"  # llm/registry.py
         else:
             plan[role] = given or default_model(role, found.kind).name
             plan[f"{role}_where"] = where
