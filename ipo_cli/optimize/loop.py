@@ -14,10 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.cache import Store, key_of
 from ipo_cli.errors import IpoError
+from ipo_cli.gates.text import MAX_ANSWER_CHARS
 from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage
+from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.optimize.run_folder import RunFolder
 
 BASELINE = "a photo of a <CLASS>."
@@ -162,6 +163,7 @@ class Optimizer:
             if isinstance(hit, dict) and isinstance(hit.get("text"), str):
                 return Generation(hit["text"], seed, hit.get("finish_reason", "stop"), Usage()), True
         gen = self.llm.generate(messages, seed, self.sampling, grammar=mp.INS_GRAMMAR)
+        gen.text = gen.text[:MAX_ANSWER_CHARS]  # a runaway answer is cut before it is stored (gates/text.py)
         if key is not None:
             self.cache.set_json(key, {"text": gen.text, "finish_reason": gen.finish_reason})
         return gen, False
