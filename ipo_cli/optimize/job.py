@@ -200,7 +200,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     summary = summarize(result, folder, models, time.perf_counter() - started)
     summary["plan"] = plan
     if request.base_novel and not result.interrupted:
-        test = held_out
+        test = held_out if held_out is not None else sampling.held_out_set(request, full)
         with reporter.progress("embedding test images", len(test.items)) as advance:
             test_set = evaluate.embed_dataset(clip, test, store, progress=advance)
         from ipo_cli.data.prompts import paper_prompt, parse_prompts
