@@ -251,7 +251,7 @@ def test_bad_prompt_files(tmp_path, small, data, needle):
 def test_prompt_file_not_utf8(tmp_path, small):
     path = tmp_path / "p.json"
     path.write_bytes(b'["a \xff {}"]')
-    user_error(run_ipo("eval", path, "--images", small, "--classes", small / "classes.txt"), "not valid JSON")
+    user_error(run_ipo("eval", path, "--images", small, "--classes", small / "classes.txt"), "is not UTF-8 (byte 4")
 
 
 @pytest.mark.parametrize("content, needle", [
