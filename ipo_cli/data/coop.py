@@ -111,7 +111,7 @@ def _load(name: str, data_root: Path | str | None, part: str) -> Dataset:
     if not data_root:
         raise IpoError(f"--dataset {preset.name} needs --data-root", "the folder that holds CoOp's dataset folders ($DATA)")
     folder = Path(data_root) / preset.folder
-    images = images_folder(preset, data_root)
+    images = images_folder(preset, Path(data_root))
     if not images.is_dir():
         raise IpoError(f"{preset.name} is not under {data_root}: expected the folder {images}",
                        "lay it out as CoOp's DATASETS.md says, or fix --data-root")
@@ -119,7 +119,7 @@ def _load(name: str, data_root: Path | str | None, part: str) -> Dataset:
         raise IpoError(f"{preset.name} has test images only (CoOp evaluates on it after training on ImageNet)",
                        "optimise on ImageNet, then ipo eval the prompts with --dataset " + preset.name)
     if preset.reader == "split":
-        split = folder / preset.split_file
+        split = folder / str(preset.split_file)
         if not split.is_file():
             raise IpoError(f"{preset.name}: expected the split file {split}", "download it as CoOp's DATASETS.md says")
         return load_split(split, images, part)

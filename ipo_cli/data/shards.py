@@ -25,6 +25,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from ipo_cli.data.folders import Dataset, ImageItem, read_text
 from ipo_cli.errors import IpoError
@@ -92,7 +93,8 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
 
 def _samples(shard: Path):
     """(key, image bytes, extension, label) per sample, one member in memory at a time."""
-    key, parts = None, {}
+    key: str | None = None
+    parts: dict[str, Any] = {}
     try:
         with tarfile.open(shard, mode="r|*") as tar:
             for member in tar:

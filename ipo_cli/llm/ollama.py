@@ -27,7 +27,7 @@ def ollama_context(server: OpenAIServerLLM) -> None:
         info = server.post("/api/show", {"model": server.model}, base=server.root)
     except IpoError:
         info = {}
-    model_info = info.get("model_info") if isinstance(info.get("model_info"), dict) else {}
+    model_info = found if isinstance(found := info.get("model_info"), dict) else {}
     limits = [v for k, v in model_info.items() if k.endswith(".context_length") and isinstance(v, int)]
     server.context_length = limits[0] if limits else None
     if server.n_ctx is None:

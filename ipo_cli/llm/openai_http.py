@@ -243,8 +243,8 @@ class OpenAIServerLLM:
             finish = choice.get("finish_reason") or "stop"
             if structured:
                 text = unwrap_answer(text)
-            raw_usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-            details = raw_usage.get("prompt_tokens_details") if isinstance(raw_usage.get("prompt_tokens_details"), dict) else {}
+            raw_usage = found if isinstance(found := data.get("usage"), dict) else {}
+            details = found if isinstance(found := raw_usage.get("prompt_tokens_details"), dict) else {}
             usage = Usage(usage_count(raw_usage.get("prompt_tokens")), usage_count(details.get("cached_tokens")),
                           usage_count(raw_usage.get("completion_tokens")), 0.0)
         usage.seconds = time.perf_counter() - start

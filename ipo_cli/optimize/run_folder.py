@@ -46,7 +46,7 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.history_path = self.path / "history.jsonl"
-        self._lock = None
+        self._lock: Any = None
 
     # ---- creating and reopening ---------------------------------------------------
     @classmethod
@@ -197,7 +197,7 @@ def check_record(record: Any) -> str | None:
     fields = RECORD_FIELDS.get(kind_of) if isinstance(kind_of, str) else None
     if fields is None:
         return f"unknown record type {str(kind_of)[:40]!r}"
-    needed = dict(fields)
+    needed: dict[str, Any] = dict(fields)
     if record.get("type") == "candidate" and record.get("valid"):
         needed.update(SCORED_FIELDS)
     for name, kind in needed.items():

@@ -52,7 +52,8 @@ class CatalogueEntry:
     @property
     def size(self) -> int | None:
         sizes = [f.get("size") for f in self.files.values()]
-        return sum(sizes) if sizes and all(isinstance(n, int) for n in sizes) else None
+        counted = [n for n in sizes if isinstance(n, int)]
+        return sum(counted) if sizes and len(counted) == len(sizes) else None
 
     @property
     def pinned(self) -> bool:

@@ -174,7 +174,7 @@ def remote_files(entry: CatalogueEntry) -> list[RemoteFile]:
             name = prefer(matches, role)
             chosen_from = matches if len(matches) > 1 else []
         item = files[name]
-        lfs = item.get("lfs") if isinstance(item.get("lfs"), dict) else {}
+        lfs = found if isinstance(found := item.get("lfs"), dict) else {}
         pin = entry.files.get(role) or {}
         listed_size = lfs.get("size") if isinstance(lfs.get("size"), int) else item.get("size")
         listed_size = listed_size if isinstance(listed_size, int) else None

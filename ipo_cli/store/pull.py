@@ -89,7 +89,7 @@ def _check(path: Path, remote: RemoteFile, name: str, delete: bool) -> str:
         if delete:
             path.unlink()
         raise IpoError(
-            f"{remote.filename} failed its checksum (sha256 {digest[:12]}..., expected {remote.sha256[:12]}... "
+            f"{remote.filename} failed its checksum (sha256 {digest[:12]}..., expected {(remote.sha256 or '')[:12]}... "
             f"from the {remote.verified_by})" + ("; the file was deleted" if delete else ""),
             f"run: ipo models pull {name}",
         )
@@ -123,6 +123,7 @@ def pull(name: str, progress_factory: Callable[[str, int | None], Callable[[int,
         if not entry.pinned:
             raise IpoError(f"cannot pull {name!r} while offline (HF_HUB_OFFLINE or IPO_OFFLINE is set)",
                            f"unset it and run: ipo models pull {name}")
+        assert pinned is not None  # an entry is pinned exactly when `pinned` was built
         files = pinned
     else:
         files = remote_files(entry)
