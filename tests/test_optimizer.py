@@ -9,7 +9,7 @@ import pytest
 
 from ipo_cli.errors import IpoError
 from ipo_cli.llm.base import Generation, Usage
-from ipo_cli.optimize.loop import BASELINE, LoopSettings, Optimizer, ScoreResult, candidate_seed
+from ipo_cli.optimize.loop import START_TEMPLATE, LoopSettings, Optimizer, ScoreResult, candidate_seed
 from ipo_cli.optimize.run_folder import RunFolder
 
 VOCAB = ["photo", "image", "picture", "of", "a", "the", "small", "large", "vivid", "clear", "shot"]
@@ -70,7 +70,7 @@ def test_best_accuracy_rises_and_ranking_is_ordered(tmp_path):
     ranking = [(-r["accuracy"], r["loss"]) for r in result.ranking]
     assert ranking == sorted(ranking)
     assert result.best["accuracy"] == best[-1]
-    assert result.baseline["template"] == BASELINE
+    assert result.baseline["template"] == START_TEMPLATE
 
 
 def test_seeds_are_separate_and_reproducible(tmp_path):
@@ -106,9 +106,9 @@ def test_patience_zero_never_stops_early(tmp_path):
 
 def test_hide_below_keeps_weak_prompts_out_of_the_meta_prompt(tmp_path):
     """--hide-below 35: the baseline (30%) is scored and ranked but never shown to the LLM."""
-    shown = f"Prompt: <INS>{BASELINE}</INS>"
+    shown = f"Prompt: <INS>{START_TEMPLATE}</INS>"
     result, folder = run_loop(tmp_path / "a", steps=3, hide_below=35.0)
-    assert any(r["template"] == BASELINE for r in result.ranking)
+    assert any(r["template"] == START_TEMPLATE for r in result.ranking)
     metas = [p.read_text() for p in (folder.path / "meta_prompts").glob("*.txt")]
     assert metas and not any(shown in t for t in metas)
     _, plain = run_loop(tmp_path / "b", steps=1)

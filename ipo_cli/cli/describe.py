@@ -11,6 +11,7 @@ import typer
 from ipo_cli.cli.console import out, progress_bar, status, warn
 from ipo_cli.cli.options import MODELS, OUTPUT, CacheDirOpt, ClassesOpt, ClipOpt, ClipWeightsOpt, DeviceOpt, GpuLayersOpt, JsonOpt
 from ipo_cli.cli.output import check_out, show, write_out
+from ipo_cli.clip.spec import DEFAULT_CLIP
 
 # ---- ipo describe -----------------------------------------------------------------
 
@@ -25,7 +26,7 @@ def describe_cmd(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).", rich_help_panel=MODELS)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.", rich_help_panel=MODELS)] = 160,
     gpu_layers: GpuLayersOpt = None,
-    clip: ClipOpt = "ViT-B-16:openai",  # with --lmm clip only
+    clip: ClipOpt = DEFAULT_CLIP,  # with --lmm clip only
     clip_weights: ClipWeightsOpt = None,
     device: DeviceOpt = "auto",
     cache_dir: CacheDirOpt = None,

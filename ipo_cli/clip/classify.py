@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ipo_cli.clip.scoring import Prompt
+from ipo_cli.clip.spec import DEFAULT_CLIP
 from ipo_cli.errors import IpoError
 
 
@@ -52,7 +53,7 @@ def choose_prompt(prompts: list[Prompt], ensemble: bool = False) -> Prompt:
 
 
 class Classifier:
-    def __init__(self, prompt: Prompt, classnames: Sequence[str], clip: str = "ViT-B-16:openai",
+    def __init__(self, prompt: Prompt, classnames: Sequence[str], clip: str = DEFAULT_CLIP,
                  clip_weights: Path | str | None = None, device: str = "auto", cache_dir: Path | None = None):
         from ipo_cli import cache
 

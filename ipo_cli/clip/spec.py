@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipo_cli.cache import key_of, sha256_file
 from ipo_cli.errors import IpoError, close_matches
 from ipo_cli.gates import json_in
 
@@ -37,6 +36,8 @@ def parse_clip(model: str, weights: Path | str | None = None, *, check_names: bo
     """Turn `--clip` / `--clip-weights` into a ClipSpec. With `check_names` the architecture
     and pretrained tag are checked against open_clip (which imports torch); without, only
     what can be told from the text and the files."""
+    from ipo_cli.cache import key_of, sha256_file
+
     model = model.strip()
     weights = Path(weights) if weights else None
     if weights is not None and not weights.is_file():
@@ -127,14 +128,20 @@ def open_clip_version() -> str:
 
 def image_key(file_sha: str, identity: str, preprocess_id: str, version: str, precision: str,
               image_loading: str = "ipo") -> str:
+    from ipo_cli.cache import key_of
+
     extra: tuple[str, ...] = () if precision == "fp32" else (precision,)  # fp32 keys predate the precision
     extra += () if image_loading == "ipo" else (image_loading,)  # ipo keys predate the choice
     return "img:" + key_of(file_sha, identity, preprocess_id, version, *extra)
 
 
 def card_key(identity: str, version: str) -> str:
+    from ipo_cli.cache import key_of
+
     return "card:" + key_of(identity, version)
 
 
 def text_key(identity: str, version: str, text: str) -> str:
+    from ipo_cli.cache import key_of
+
     return "txt:" + key_of(identity, version, text)

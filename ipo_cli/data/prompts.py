@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ipo_cli.clip.scoring import Prompt, check_template
+from ipo_cli.clip.spec import DEFAULT_CLIP
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import json_in
 
@@ -200,7 +201,7 @@ def read_info(path: Path | str) -> PromptsInfo:
 
 
 def resolve_clip(info: PromptsInfo, clip: str | None, clip_weights: Path | str | None,
-                 default: str = "ViT-B-16:openai") -> tuple[str, str | None]:
+                 default: str = DEFAULT_CLIP) -> tuple[str, str | None]:
     """--clip and --clip-weights, defaulting to the CLIP the prompts were optimised with; a
     flag that names another is an error that says which differs."""
     if info.clip is None:

@@ -21,7 +21,9 @@ from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage
 from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.optimize.run_folder import RunFolder
 
-BASELINE = "a photo of a <CLASS>."
+# The template the loop starts from and scores first (step 0): CLIP's plain prompt, in the
+# loop's <CLASS> form. Not `--baseline`, the hand-written template reports compare with.
+START_TEMPLATE = "a photo of a <CLASS>."
 RETRIES = 3  # extra attempts, with new seeds, when a step yields no valid candidate
 
 
@@ -208,8 +210,8 @@ class Optimizer:
     def _run(self, state: LoopState) -> LoopResult:
         if not state.steps_done:
             baseline = {"type": "candidate", "step": 0, "attempt": 0, "index": 0, "seed": None, "raw": None,
-                        "template": BASELINE, "valid": True, "reason": None, "cached": False, "usage": None,
-                        **self.scored(BASELINE), "seconds": 0.0}
+                        "template": START_TEMPLATE, "valid": True, "reason": None, "cached": False, "usage": None,
+                        **self.scored(START_TEMPLATE), "seconds": 0.0}
             self.folder.append(baseline)
             state.valid.append(baseline)
             self.finish_step(state, 0, [baseline], None, 0.0)
