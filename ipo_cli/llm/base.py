@@ -53,7 +53,9 @@ class SamplingSettings:
 
 class LLM(Protocol):
     identity: str
-    n_ctx: int | None
+
+    @property
+    def n_ctx(self) -> int | None: ...  # read-only here: a model may know it as a plain int
 
     def generate(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
                  grammar: str | None = None) -> Generation: ...

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ipo_cli.errors import IpoError
 from ipo_cli.llm.base import Generation, Message, SamplingSettings, Usage, context_error
@@ -76,7 +77,7 @@ class LlamaCppLLM:
         """The exact prompt text the model sees, and the template's stop strings."""
         if self._formatter is not None:
             try:
-                result = self._formatter(messages=list(messages))
+                result = self._formatter(messages=list(messages))  # type: ignore[arg-type]  # plain dicts of llama_cpp's message shape
             except Exception as exc:  # noqa: BLE001 - the template is the model's code, run sandboxed
                 raise self._template_error(exc) from None
             stop = result.stop if isinstance(result.stop, list) else [result.stop] if result.stop else []
@@ -111,7 +112,7 @@ class LlamaCppLLM:
         prefix = self.llama.longest_token_prefix(cached, tokens)
         reused = prefix - 1 if prefix == len(tokens) else prefix
         start = time.perf_counter()
-        out = self.llama.create_completion(
+        out: Any = self.llama.create_completion(  # not streamed: one CreateCompletionResponse
             tokens,
             max_tokens=settings.max_tokens,
             temperature=settings.temperature,

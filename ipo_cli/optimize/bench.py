@@ -132,7 +132,7 @@ def table(cells_: list[Cell], shots: int) -> dict[str, Any]:
     return out
 
 
-def _stats(values: list[tuple[float, float, float]]) -> dict[str, Any]:
+def _stats(values: list[tuple[float, ...]]) -> dict[str, Any]:
     out = {}
     for i, key in enumerate(("base", "novel", "H")):
         column = [v[i] for v in values]
