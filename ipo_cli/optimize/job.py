@@ -57,12 +57,12 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     """The whole `ipo optimize`: `request` decides what is computed (and is saved with the
     run), `placement` where and how fast (it is not: it may differ on resume)."""
     from ipo_cli import cache
-    from ipo_cli.llm import captions as describe
     from ipo_cli.clip import evaluate
-    from ipo_cli.optimize import history_md as report
     from ipo_cli.clip.model import load_clip
     from ipo_cli.clip.spec import parse_clip
+    from ipo_cli.llm import captions as describe
     from ipo_cli.llm.loading import load_llm
+    from ipo_cli.optimize import history_md as report
     from ipo_cli.optimize.loop import ClipScorer, Optimizer
     from ipo_cli.optimize.run_folder import RunFolder, compare_settings
 
@@ -122,7 +122,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         clip = load_clip(spec, placement.device)
     store = cache.Store(root, "embeddings")
     clip.remember(store)  # text embeddings on disk too: later evals and reports need no model
-    sets = []
+    sets: list[Any] = []
     for name, data in (("train", train), ("val", val)):
         if data is None:
             sets.append(None)
@@ -159,7 +159,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         llm = load_llm(plan["llm"] if not request.llm_url else None, request.llm_url, request.llm_model,
                        request.n_ctx, gpu_layers=gpu_layers)
     models = {"llm": llm.identity, "lmm": lmm_identity, "clip": clip.identity}
-    config = {
+    config: dict[str, Any] = {
         "ipo_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "request": request.settings(),
@@ -167,7 +167,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         "versions": versions(),
         "classnames": full.classnames,
         "train_classnames": train_set.dataset.classnames,
-        "split": {name: [[str(p), int(l)] for p, l in zip(s.dataset.paths, s.labels)]
+        "split": {name: [[str(p), int(label)] for p, label in zip(s.dataset.paths, s.labels)]
                   for name, s in (("train", train_set), ("val", val_set)) if s is not None},
         "descriptions": described_images,  # what the LLM was shown, per image (ipo report)
     }
@@ -241,8 +241,8 @@ def sample_changes(saved: Any, now: dict, both_ways: bool = True) -> str | None:
         before = saved.get(part)
         if not isinstance(before, list):
             return f"the run recorded no {part} sample"
-        old = {str(p): l for p, l in (e for e in before if isinstance(e, list) and len(e) == 2)}
-        new = {p: l for p, l in items}
+        old = {str(p): label for p, label in (e for e in before if isinstance(e, list) and len(e) == 2)}
+        new = {p: label for p, label in items}
         for path in old:
             if path not in new:
                 return f"{part} image {path} is missing or unreadable now" if not Path(path).is_file() else \

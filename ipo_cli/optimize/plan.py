@@ -49,6 +49,7 @@ def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
         elif registry.lookup(given, role) is not None:
             plan[role], plan[f"{role}_where"] = given, "a registered backend"  # llm/registry.py
         else:
+            assert found is not None  # a model that runs here: the machine was looked at
             plan[role] = given or default_model(role, found.kind).name
             plan[f"{role}_where"] = where
             if not given:
