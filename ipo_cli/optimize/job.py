@@ -138,11 +138,17 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     described_images: list[dict] = []
     lmm_identity = "none"
     if use_lmm:
-        with reporter.status("loading the multimodal model"):
-            backend = describe.load_vision(plan["lmm"] if not request.lmm_url else None,
-                                           Path(request.mmproj) if request.mmproj else None,
-                                           request.handler, request.lmm_url, request.lmm_model,
-                                           gpu_layers=gpu_layers)
+        backend: Any
+        if plan["lmm"] == "clip":  # --lmm clip: the run's own CLIP describes (clip/attributes.py)
+            from ipo_cli.clip.attributes import ClipAttributes
+
+            backend = ClipAttributes(clip, store, exclude=train_set.dataset.classnames)
+        else:
+            with reporter.status("loading the multimodal model"):
+                backend = describe.load_vision(plan["lmm"] if not request.lmm_url else None,
+                                               Path(request.mmproj) if request.mmproj else None,
+                                               request.handler, request.lmm_url, request.lmm_model,
+                                               gpu_layers=gpu_layers)
         lmm_identity = backend.identity
         captioner = describe.Captioner(backend, cache.Store(root, "captions"))
         chosen, readable = set(described), set(train_set.dataset.paths)

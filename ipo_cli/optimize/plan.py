@@ -46,6 +46,9 @@ def model_plan(request: Request, use_lmm: bool, gpu_layers: int | None) -> dict:
             plan[role], plan[f"{role}_where"] = "none", None
         elif url:
             plan[role], plan[f"{role}_where"] = url, "server"
+        elif role == "lmm" and (given or "").lower() == "clip":  # ipo_cli/clip/attributes.py
+            plan[role], plan[f"{role}_where"] = "clip", None
+            plan["lmm_why"] = "the CLIP-only describer: visual attributes the run's CLIP sees, no multimodal model"
         elif registry.lookup(given, role) is not None:
             plan[role], plan[f"{role}_where"] = given, "a registered backend"  # llm/registry.py
         else:
