@@ -54,3 +54,15 @@ def test_gpu_layers_with_every_model_on_a_server_is_a_stated_no_op():
     plan = model_plan(remote, use_lmm=False, gpu_layers=7)
     assert plan["gpu_layers_note"] == NO_OFFLOAD_NOTE and "gpu_layers" not in plan
     assert "gpu_layers_note" not in model_plan(remote, use_lmm=False, gpu_layers=None)
+
+
+def test_a_run_saved_before_a_setting_existed_still_resumes():
+    """A run started by an ipo without `hide_below` or `fresh_sample` did what their
+    defaults do; its config.json lacks them, and it must still compare equal."""
+    now = make_request(Overrides(images=Path("imgs")))
+    old = {k: v for k, v in now.settings().items() if k not in ("hide_below", "fresh_sample")}
+    assert saved_settings(old) == make_request(Overrides(), None, old).settings()
+    from ipo_cli.optimize.run_folder import compare_settings
+
+    assert compare_settings(saved_settings(old), now.settings()) == []
+    assert compare_settings(saved_settings({**old, "steps": 7}), now.settings())  # a real change still shows

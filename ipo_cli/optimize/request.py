@@ -120,9 +120,14 @@ class Request:
 
 
 def saved_settings(saved: dict) -> dict:
-    """A run's saved settings as `Request.settings()` writes them today (a path saved as
-    "imgs/" reads back as "imgs"), so that an old run compares equal to itself."""
-    return {k: str(Path(v)) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in saved.items()}
+    """A run's saved settings as `Request.settings()` writes them today, so that an old run
+    compares equal to itself: a path saved as "imgs/" reads back as "imgs", and a setting
+    the run's version did not have yet is its default (what that version did)."""
+    from dataclasses import MISSING
+
+    defaults = {f.name: f.default for f in fields(Request) if f.default is not MISSING and f.name not in saved}
+    return {**{k: str(v) if k in PATH_FIELDS and v is not None else v for k, v in defaults.items()},
+            **{k: str(Path(v)) if k in PATH_FIELDS and isinstance(v, str) else v for k, v in saved.items()}}
 
 
 @dataclass
