@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,9 @@ def load_vocabulary(path: Path = VOCABULARY_FILE) -> Vocabulary:
     return Vocabulary(sentence, tuple(families), hashlib.sha256(raw).hexdigest())
 
 
-# One encoding of the vocabulary per CLIP model (and vocabulary) in a process.
-_TEXT_MATRICES: dict[tuple[str, str], list] = {}
+# One encoding of the vocabulary per loaded CLIP model (and vocabulary). Keyed by the model
+# object, not its identity: each loaded model encodes (and so caches on disk) once.
+_TEXT_MATRICES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class ClipAttributes:
@@ -109,16 +111,17 @@ class ClipAttributes:
 
     def text_matrices(self) -> list:
         """Each family's normalised text embeddings (terms x D), encoded once per model."""
-        key = (self.clip.identity, self.vocabulary.sha256)
-        if key not in _TEXT_MATRICES:
+        per_model = _TEXT_MATRICES.setdefault(self.clip, {})
+        key = self.vocabulary.sha256
+        if key not in per_model:
             texts = [t for f in self.vocabulary.families for t in f.texts()]
             encoded = self.clip.encode_texts(texts)
             matrices, start = [], 0
             for f in self.vocabulary.families:
                 matrices.append(encoded[start:start + len(f.terms)])
                 start += len(f.terms)
-            _TEXT_MATRICES[key] = matrices
-        return _TEXT_MATRICES[key]
+            per_model[key] = matrices
+        return per_model[key]
 
     def prepare(self, paths: Sequence[Path]) -> None:
         """Embed the images in batches (from the cache where they are)."""
