@@ -132,7 +132,7 @@ def rank_key(record: dict, select: str) -> tuple:
 @dataclass
 class LoopResult:
     ranking: list[dict]  # valid candidates, best first
-    baseline: dict
+    baseline: dict | None  # None only when not even the starting template was scored
     state: LoopState
     stopped_early: bool
     interrupted: bool = False
@@ -166,7 +166,7 @@ class Optimizer:
                 return Generation(hit["text"], seed, hit.get("finish_reason", "stop"), Usage()), True
         gen = self.llm.generate(messages, seed, self.sampling, grammar=mp.INS_GRAMMAR)
         gen.text = gen.text[:MAX_ANSWER_CHARS]  # a runaway answer is cut before it is stored (gates/text.py)
-        if key is not None:
+        if key is not None and self.cache is not None:  # a key is made only with a cache
             self.cache.set_json(key, {"text": gen.text, "finish_reason": gen.finish_reason})
         return gen, False
 
@@ -195,6 +195,7 @@ class Optimizer:
                   "raw": gen.text, "template": checked.template, "valid": reason is None, "reason": reason,
                   "cached": cached, "usage": gen.usage.to_json()}
         if reason is None:
+            assert checked.template is not None  # a valid answer has its template
             record.update(self.scored(checked.template))
         record["seconds"] = round(time.perf_counter() - start, 4)
         return record
