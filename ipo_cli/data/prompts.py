@@ -191,7 +191,7 @@ def read_info(path: Path | str) -> PromptsInfo:
     if classes is not None and not (isinstance(classes, list) and classes
                                     and all(isinstance(c, str) and c.strip() for c in classes)):
         raise IpoError(f"{source}: 'classes' must be a list of class names")
-    spec = data.get("clip_spec") if isinstance(data.get("clip_spec"), dict) else {}
+    spec = found if isinstance(found := data.get("clip_spec"), dict) else {}
     clip, weights = spec.get("clip"), spec.get("clip_weights")
     if not isinstance(clip, str) or not clip:
         clip = None

@@ -122,13 +122,11 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     caller that has them loaded (the end of `ipo optimize`)."""
     from ipo_cli import cache
     from ipo_cli.clip import evaluate
-    from ipo_cli.clip import model as vision
-    from ipo_cli.clip import spec as clip_spec
-    from ipo_cli.clip import warm
+    from ipo_cli.clip.scoring import Prompt, score_embeddings, score_prompt
+    from ipo_cli.clip.spec import DEFAULT_CLIP
     from ipo_cli.data.folders import Dataset, ImageItem
     from ipo_cli.optimize.loop import rank_key
     from ipo_cli.optimize.run_folder import RunFolder
-    from ipo_cli.clip.scoring import Prompt, score_embeddings, score_prompt
 
     folder, config = RunFolder.open(Path(run))
     records = folder.records()
@@ -151,14 +149,12 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
         data = Dataset(classnames, items)
         store = cache.Store(cache.cache_root(cache_dir), "embeddings")
         if clip is None:
+            from ipo_cli.clip.loading import open_clip_model
+
             # a report made before has cached every text it needs: then no model is loaded
             needed = _texts_needed(best, baseline, scored, classnames)
-            clip = warm.cached_clip(request.get("clip") or clip_spec.DEFAULT_CLIP, request.get("clip_weights"),
-                                      store, data.paths, needed, device)
-        if clip is None:
-            spec = clip_spec.parse_clip(request.get("clip") or clip_spec.DEFAULT_CLIP, request.get("clip_weights"))
-            clip = vision.load_clip(spec, device)
-            clip.remember(store)
+            clip = open_clip_model(request.get("clip") or DEFAULT_CLIP, request.get("clip_weights"),
+                                   store, data.paths, needed, device)
         train = evaluate.embed_dataset(clip, data, store)
 
     def score(template: str) -> tuple[float, float]:
