@@ -83,7 +83,7 @@ def run(app: Callable[..., Any]) -> None:
     signal.signal(signal.SIGTERM, _terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="ipo")
     except IpoError as exc:
         if debug:
             raise
