@@ -363,7 +363,12 @@ def collect_images(images: Path, classes: Path | None = None):
     if flat:
         classnames = ds.read_classes(classes) if classes else []
         return flat, [None] * len(flat), classnames
-    data = ds.load_dataset(images, classes)
+    from ipo_cli.data import shards
+
+    # a CLIP_benchmark webdataset folder: its train split, else the first it has (data/shards.py)
+    part = next((s for s in ("train", "val", "test") if (images / s / "nshards.txt").is_file()), "train")
+    data = ds.load_dataset(images, classes, split_part=part) if shards.is_shard_folder(images) \
+        else ds.load_dataset(images, classes)
     return data.paths, [data.classnames[label] for label in data.labels], data.classnames
 
 
