@@ -11,7 +11,7 @@ import types
 import pytest
 from PIL import Image
 
-from ipo_cli.data import coop, coop_cache
+from ipo_cli.data import coop, coop_cache, sampling
 from ipo_cli.errors import IpoError
 
 
@@ -74,15 +74,15 @@ def write_fewshot(root, datum, shots, seed, protocol=pickle.HIGHEST_PROTOCOL, fo
 def test_a_cached_sample_is_used_with_paths_mapped_onto_this_machine(caltech, dassl_datum, protocol):
     path = write_fewshot(caltech, dassl_datum, 1, 3, protocol)
     full = coop.load("Caltech101", caltech, "train")
-    sample = coop_cache.cached_sample("Caltech101", caltech, 1, 3, full)
+    sample = sampling.cached_sample("Caltech101", caltech, 1, 3, full)
     assert sample.path == path
     images = caltech / "caltech-101" / "101_ObjectCategories"
     assert sample.train.paths == [images / "leopard" / "image_0001.jpg", images / "face" / "image_0000.jpg"]
     assert sample.train.labels == [1, 0] and sample.val.labels == [0, 1]
     assert sample.train.classnames == full.classnames and sample.train.image_loading == "reference"
     assert full.image_loading == "reference"  # --dataset images load as the reference code loads them
-    assert coop_cache.cached_sample("Caltech101", caltech, 2, 3, full) is None  # no file for 2 shots
-    assert coop_cache.sample_file("Caltech101", caltech, 1, 3) == path
+    assert sampling.cached_sample("Caltech101", caltech, 2, 3, full) is None  # no file for 2 shots
+    assert sampling.sample_file("Caltech101", caltech, 1, 3) == path
 
 
 def test_a_path_that_maps_to_no_file_is_named(caltech, dassl_datum):
@@ -90,7 +90,7 @@ def test_a_path_that_maps_to_no_file_is_named(caltech, dassl_datum):
     full = coop.load("Caltech101", caltech, "train")
     (caltech / "caltech-101" / "101_ObjectCategories" / "face" / "image_0000.jpg").unlink()
     with pytest.raises(IpoError, match="names /home/someone/DATA/caltech-101/101_ObjectCategories/face/image_0000.jpg"):
-        coop_cache.cached_sample("Caltech101", caltech, 1, 1, full)
+        sampling.cached_sample("Caltech101", caltech, 1, 1, full)
 
 
 class Evil:

@@ -159,36 +159,6 @@ class CachedSample:
     path: Path
 
 
-def sample_file(name: str, data_root: Path | str | None, shots: int, seed: int) -> Path | None:
-    """CoOp's cached sample file for this dataset, shots and seed, if there is one."""
-    from ipo_cli.data import coop
-
-    if not data_root:
-        return None
-    path = fewshot_file(Path(data_root) / coop.get(name).folder, shots, seed)
-    return path if path.is_file() else None
-
-
-def cached_sample(name: str, data_root: Path | str, shots: int, seed: int, full: Dataset) -> CachedSample | None:
-    """CoOp's cached few-shot sample for this dataset, shots and seed, when the file exists
-    (ImageNet's holds no val part, as CoOp's imagenet.py writes it); `full` gives the
-    classes the labels index."""
-    from ipo_cli.data import coop
-
-    preset = coop.get(name)
-    dataset_dir = Path(data_root) / preset.folder
-    path = fewshot_file(dataset_dir, shots, seed)
-    if not path.is_file():
-        return None
-    image_dir = coop.images_folder(preset, Path(data_root))
-    anchors = _anchors(preset)
-    is_imagenet = preset.reader == "imagenet"
-    parts = read_parts(path, ("train",) if is_imagenet else ("train", "val"))
-    train = to_dataset(parts["train"], full.classnames, image_dir, anchors, path)
-    val = None if is_imagenet else to_dataset(parts["val"], full.classnames, image_dir, anchors, path)
-    return CachedSample(train, val, path)
-
-
 def preprocessed_imagenet(folder: Path, image_dir: Path, part: str) -> Dataset | None:
     """ImageNet's `preprocessed.pkl` (train, and val as "test") when present: it fixes the
     order the images were listed in on the machine that made it."""
@@ -203,11 +173,3 @@ def preprocessed_imagenet(folder: Path, image_dir: Path, part: str) -> Dataset |
         raise IpoError(f"{path} does not number its labels 0..n-1")
     return to_dataset(entries, [names[i] for i in range(len(names))], image_dir,
                       [f"{Path(folder).name}/{image_dir.name}", image_dir.name], path)
-
-
-def _anchors(preset) -> list[str]:
-    """Names to find in a foreign path: the dataset folder with its image folder, then the
-    image folder alone (StanfordCars keeps images in the dataset folder itself)."""
-    if preset.image_dir:
-        return [f"{preset.folder}/{preset.image_dir}", preset.image_dir]
-    return [preset.folder]

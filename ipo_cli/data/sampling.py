@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ipo_cli.data import coop, coop_cache
 from ipo_cli.errors import IpoError
 
 if TYPE_CHECKING:
@@ -37,10 +38,8 @@ def sample(request: Request) -> tuple[Dataset, Dataset, Dataset | None]:
         if len(base_labels) < 2:
             raise IpoError("--base-novel leaves fewer than two base classes", "use at least four classes")
     rng = random.Random(request.seed)
-    from ipo_cli.data import coop_cache
-
     # CoOp loads split_fewshot/shot_K-seed_S.pkl when it exists instead of drawing
-    cached = coop_cache.cached_sample(request.dataset, request.data_root, request.shots, request.seed, full) \
+    cached = cached_sample(request.dataset, request.data_root, request.shots, request.seed, full) \
         if request.dataset and request.data_root and not request.fresh_sample else None
     train_all = cached.train if cached is not None else ds.few_shot(full, request.shots, rng)
     val_all = cached.val if cached is not None else None
@@ -59,9 +58,7 @@ def sample(request: Request) -> tuple[Dataset, Dataset, Dataset | None]:
 
 def sample_source(request: Request) -> str:
     """What the plan says of the training sample: CoOp's cached file, or a fresh draw."""
-    from ipo_cli.data import coop_cache
-
-    cached = coop_cache.sample_file(request.dataset, request.data_root, request.shots, request.seed) \
+    cached = sample_file(request.dataset, request.data_root, request.shots, request.seed) \
         if request.dataset and not request.fresh_sample else None
     return f"CoOp's cached sample {cached}" if cached else f"drawn with seed {request.seed}"
 
@@ -99,3 +96,38 @@ def held_out_set(request: Request, full: Dataset) -> Dataset:
         return ds.load_split(Path(request.split), Path(request.images), "test", request.allow_outside_root)
     raise IpoError("--base-novel needs held-out images to report base and novel accuracy",
                    "pass --test-images DIR (same classes) or a --split file with a test part")
+
+
+# CoOp's cached few-shot samples (the files are read by data/coop_cache.py)
+def sample_file(name: str, data_root: Path | str | None, shots: int, seed: int) -> Path | None:
+    """CoOp's cached sample file for this dataset, shots and seed, if there is one."""
+    if not data_root:
+        return None
+    path = coop_cache.fewshot_file(Path(data_root) / coop.get(name).folder, shots, seed)
+    return path if path.is_file() else None
+
+
+def cached_sample(name: str, data_root: Path | str, shots: int, seed: int, full: Dataset) -> coop_cache.CachedSample | None:
+    """CoOp's cached few-shot sample for this dataset, shots and seed, when the file exists
+    (ImageNet's holds no val part, as CoOp's imagenet.py writes it); `full` gives the
+    classes the labels index."""
+    preset = coop.get(name)
+    dataset_dir = Path(data_root) / preset.folder
+    path = coop_cache.fewshot_file(dataset_dir, shots, seed)
+    if not path.is_file():
+        return None
+    image_dir = coop.images_folder(preset, Path(data_root))
+    anchors = _anchors(preset)
+    is_imagenet = preset.reader == "imagenet"
+    parts = coop_cache.read_parts(path, ("train",) if is_imagenet else ("train", "val"))
+    train = coop_cache.to_dataset(parts["train"], full.classnames, image_dir, anchors, path)
+    val = None if is_imagenet else coop_cache.to_dataset(parts["val"], full.classnames, image_dir, anchors, path)
+    return coop_cache.CachedSample(train, val, path)
+
+
+def _anchors(preset) -> list[str]:
+    """Names to find in a foreign path: the dataset folder with its image folder, then the
+    image folder alone (StanfordCars keeps images in the dataset folder itself)."""
+    if preset.image_dir:
+        return [f"{preset.folder}/{preset.image_dir}", preset.image_dir]
+    return [preset.folder]

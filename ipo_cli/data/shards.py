@@ -27,7 +27,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from ipo_cli.data.folders import Dataset, ImageItem, read_text
+from ipo_cli.data.records import Dataset, ImageItem, read_text
 from ipo_cli.errors import IpoError
 
 # the image extensions CLIP_benchmark decodes (builder.py: to_tuple(["webp", "png", "jpg", "jpeg"], "cls"))
