@@ -45,24 +45,19 @@ def _root(
     """ipo: interpretable prompt optimisation for CLIP, offline."""
 
 
-app.command("optimize", cls=PanelCommand)(optimize.optimize_cmd)
-app.command("eval", cls=PanelCommand)(evaluate.eval_cmd)
-app.command("classify", cls=PanelCommand)(classify.classify_cmd)
-app.command("describe", cls=PanelCommand)(describe.describe_cmd)
-app.command("report", cls=PanelCommand)(report.report_cmd)
-app.command("bench", cls=PanelCommand)(optimize.bench_cmd)
-app.command("export", cls=PanelCommand)(export.export_cmd)
+_COMMANDS = {
+    app: [("optimize", optimize.optimize_cmd), ("eval", evaluate.eval_cmd), ("classify", classify.classify_cmd),
+          ("describe", describe.describe_cmd), ("report", report.report_cmd), ("bench", optimize.bench_cmd),
+          ("export", export.export_cmd)],
+    models_app: [("list", models.models_list), ("show", models.models_show), ("pull", models.models_pull),
+                 ("add", models.models_add), ("rm", models.models_rm), ("path", models.models_path)],
+    cache_app: [("info", cache_cmds.cache_info), ("clear", cache_cmds.cache_clear)],
+}
+for group, commands in _COMMANDS.items():
+    for name, function in commands:
+        group.command(name, cls=PanelCommand)(function)
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
-models_app.command("list", cls=PanelCommand)(models.models_list)
-models_app.command("show", cls=PanelCommand)(models.models_show)
-models_app.command("pull", cls=PanelCommand)(models.models_pull)
-models_app.command("add", cls=PanelCommand)(models.models_add)
-models_app.command("rm", cls=PanelCommand)(models.models_rm)
-models_app.command("path", cls=PanelCommand)(models.models_path)
-cache_app.command("info", cls=PanelCommand)(cache_cmds.cache_info)
-cache_app.command("clear", cls=PanelCommand)(cache_cmds.cache_clear)
-
 
 def main() -> None:
     """Entry point: every error is one line on stderr and a non-zero exit code."""
