@@ -7,6 +7,7 @@ this module only assembles them. Heavy libraries are imported inside the command
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -45,7 +46,7 @@ def _root(
     """ipo: interpretable prompt optimisation for CLIP, offline."""
 
 
-_COMMANDS = {
+_COMMANDS: dict[typer.Typer, list[tuple[str, Callable[..., None]]]] = {
     app: [("optimize", optimize.optimize_cmd), ("eval", evaluate.eval_cmd), ("classify", classify.classify_cmd),
           ("describe", describe.describe_cmd), ("report", report.report_cmd), ("bench", optimize.bench_cmd),
           ("export", export.export_cmd)],

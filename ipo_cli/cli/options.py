@@ -27,3 +27,11 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A CoOp dat
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA), with --dataset.", rich_help_panel=DATA)]
 OutsideRootOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder (.., absolute paths).", rich_help_panel=DATA)]
 GpuLayersOpt = Annotated[Optional[int], typer.Option("--gpu-layers", min=-1, help="llama.cpp layers to offload to the GPU: -1 all, 0 none (default: all when llama.cpp was built with GPU offload, else 0).", rich_help_panel=MODELS)]
+
+# The models of a run, as ipo optimize and ipo bench take them
+LlmOpt = Annotated[Optional[str], typer.Option("--llm", help="LLM: catalogue or installed name, or a GGUF file (default: the catalogue's default).", rich_help_panel=MODELS)]
+LlmUrlOpt = Annotated[Optional[str], typer.Option("--llm-url", help="OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.", rich_help_panel=MODELS)]
+LlmModelOpt = Annotated[Optional[str], typer.Option("--llm-model", help="Model name to send to --llm-url.", rich_help_panel=MODELS)]
+LmmOpt = Annotated[Optional[str], typer.Option("--lmm", help="Multimodal model for image descriptions: name, GGUF file, clip (CLIP's own attributes), or none.", rich_help_panel=MODELS)]
+LmmUrlOpt = Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server for descriptions.", rich_help_panel=MODELS)]
+LmmModelOpt = Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.", rich_help_panel=MODELS)]
