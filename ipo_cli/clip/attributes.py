@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipo_cli.errors import IpoError
+from ipo_cli.gates import json_in
 
 VOCABULARY_FILE = Path(__file__).with_name("visual_attributes.json")
 
@@ -71,8 +72,8 @@ class Vocabulary:
 def load_vocabulary(path: Path = VOCABULARY_FILE) -> Vocabulary:
     """The attribute vocabulary, checked: a malformed file is a one-line error."""
     try:
-        raw = Path(path).read_bytes()
-        data = json.loads(raw.decode("utf-8"))
+        raw = json_in.read_bytes(path, "attribute vocabulary")
+        data = json_in.loads(raw, f"attribute vocabulary {path}")
         families = []
         for f in data["families"]:
             terms = tuple(f["terms"])
