@@ -19,8 +19,6 @@ class ScriptedLLM:
     """Answers from a queue (`enqueue`), then from `reply(messages, seed)` when the queue is
     empty. Counts about 4 characters a token, as ipo's server backends estimate."""
 
-    supports_parallel = False
-
     def __init__(self, name: str = "scripted", reply: Callable[[Sequence[dict], int], str] | None = None,
                  n_ctx: int | None = 8192):
         self.identity = f"scripted:{name}"

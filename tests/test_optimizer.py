@@ -171,3 +171,73 @@ def test_prompts_json_records_the_runs_classes_and_clip(tmp_path):
     history_md.write_outputs(folder, result, "pets", "ARCH:sha256=ab", "train", {})
     info = read_info(folder.path / "prompts.json")
     assert info.classes == ["cat", "dog", "bird"] and info.clip == "ARCH" and info.clip_weights == str(weights.resolve())
+
+
+class BatchingLLM(RecombiningLLM):
+    """Like RecombiningLLM, but answers a step's candidates in one call, and each answer depends
+    on the whole seed list (as llama.cpp's batched answers depend on the batch): the loop must
+    make one call per step, tag its cache keys with the batch, and resume exactly."""
+
+    identity = "batcher"
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[list[int]] = []
+
+    def batched_for(self, n):
+        return n > 1
+
+    def generate_many(self, messages, seeds, settings, grammar=None):
+        self.batches.append(list(seeds))
+        mixed = sum(seeds) % 1000
+        return [self.generate(messages, seed * 1000 + mixed, settings, grammar) for seed in seeds]
+
+
+def test_one_call_per_step_for_all_candidates(tmp_path):
+    llm = BatchingLLM()
+    result, folder = run_loop(tmp_path, llm, steps=6, candidates=4)
+    assert len(llm.batches) == 6 and all(len(b) == 4 for b in llm.batches)
+    assert [b[0] for b in llm.batches] == [candidate_seed(0, step, 0, 0) for step in range(1, 7)]
+    assert result.best["accuracy"] > 30.0
+
+
+def test_a_plain_backend_is_asked_once_per_candidate(tmp_path):
+    llm = RecombiningLLM()
+    run_loop(tmp_path, llm, steps=3, candidates=4)
+    assert llm.calls == 12
+
+
+def test_batched_run_resumed_mid_step_equals_an_uninterrupted_one(tmp_path):
+    from ipo_cli import cache
+
+    def history(folder):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "cached", "usage")}
+                for r in folder.records() if r.get("type") != "step"]
+
+    whole, whole_folder = run_loop(tmp_path / "a", BatchingLLM(), steps=4, candidates=4)
+    # the same run, cut after two candidates of step 3 (as kill -9 would leave it), then resumed
+    settings = LoopSettings(steps=4, candidates=4, history=5, patience=50)
+    folder = RunFolder.create(tmp_path / "b" / "run", {"request": {}})
+    store = cache.Store(tmp_path / "b" / "cache", "generations")
+    Optimizer(BatchingLLM(), PlantedScorer(), folder, settings, generation_cache=store).run()
+    lines = folder.history_path.read_text().splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if '"step": 3' in line and '"index": 2' in line)
+    folder.history_path.write_text("".join(lines[:cut]))
+    for llm, cached in ((BatchingLLM(), True), (BatchingLLM(), False)):
+        if not cached:  # without the cache the whole batch is decoded again, with the same seeds
+            store = None
+            folder.history_path.write_text("".join(lines[:cut]))
+        resumed = Optimizer(llm, PlantedScorer(), folder, settings, generation_cache=store).run()
+        assert history(folder) == history(whole_folder)
+        assert resumed.best["template"] == whole.best["template"]
+        assert (llm.batches == []) == cached  # cached: every answer of the cut step came from the cache
+        if not cached:
+            assert llm.batches[0] == [candidate_seed(0, 3, 0, i) for i in range(4)]
+
+
+def test_batch_tag_names_the_batch_only_where_answers_depend_on_it():
+    from ipo_cli.llm.base import batch_tag
+
+    assert batch_tag(RecombiningLLM(), [1, 2, 3]) == ""
+    assert batch_tag(BatchingLLM(), [7]) == ""
+    assert batch_tag(BatchingLLM(), [1, 2, 3]) == "batch:1,2,3"

@@ -63,6 +63,44 @@ class LLM(Protocol):
     def count_tokens(self, messages: Sequence[Message]) -> int: ...
 
 
+class ManyAnswers(Protocol):
+    """What a backend adds to answer N candidates of one prompt in one call (llama.cpp in
+    process: one batch of N sequences; a server: one request with `n`, or concurrent requests
+    into its slots). A backend without it is asked N times in turn (`generate_many` below)."""
+
+    def generate_many(self, messages: Sequence[Message], seeds: Sequence[int], settings: SamplingSettings,
+                      grammar: str | None = None) -> list[Generation]: ...
+
+    def batched_for(self, n: int) -> bool:
+        """True when N answers asked together differ from the same N asked one by one (a batch's
+        kernels, or one server seed for all N): the answers then depend on the whole seed list,
+        and the loop's cache key says so (`batch_tag`)."""
+        ...
+
+
+def generate_many(llm: LLM, messages: Sequence[Message], seeds: Sequence[int], settings: SamplingSettings,
+                  grammar: str | None = None) -> list[Generation]:
+    """One answer per seed, in the order of `seeds`: by the backend's own call for N answers
+    where it has one, else one `generate` after another."""
+    many = getattr(llm, "generate_many", None)
+    if many is not None and len(seeds) > 1:
+        gens = list(many(messages, list(seeds), settings, grammar=grammar))
+        if len(gens) != len(seeds):
+            raise IpoError(f"{llm.identity} gave {len(gens)} answers for {len(seeds)} candidates")
+        return gens
+    return [llm.generate(messages, seed, settings, grammar=grammar) for seed in seeds]
+
+
+def batch_tag(llm: LLM, seeds: Sequence[int]) -> str:
+    """'' when each answer depends on its own seed only (the sequential path: cache keys as
+    before), else a tag naming the whole batch, so a cached answer is reused only for the
+    same batch of seeds from the same path."""
+    batched = getattr(llm, "batched_for", None)
+    if len(seeds) < 2 or batched is None or not batched(len(seeds)):
+        return ""
+    return "batch:" + ",".join(str(s) for s in seeds)
+
+
 def context_error(prompt_tokens: int, max_tokens: int, n_ctx: int) -> IpoError:
     over = prompt_tokens + max_tokens - n_ctx
     return IpoError(

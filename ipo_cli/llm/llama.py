@@ -16,8 +16,6 @@ from ipo_cli.llm.placement import resolve_gpu_layers
 class LlamaCppLLM:
     """A GGUF model loaded once into llama.cpp."""
 
-    supports_parallel = False  # one model, one context: candidates run one after another
-
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
                  identity: str | None = None, verbose: bool = False, gpu_layers: int | None = None):
         from ipo_cli.store.local import check_gguf

@@ -43,7 +43,7 @@ class OpenAIServerLLM:
     sent as a Bearer token and kept out of identities, errors and files.
     """
 
-    supports_parallel = True
+    parallel = 1  # answers of one step in flight at once (--parallel; the job sets it)
 
     def __init__(self, base_url: str, model: str | None = None, timeout: float = 120, retries: int = 3,
                  backoff: float = 1.0, n_ctx: int | None = None, api_key: str | None = None):
@@ -209,6 +209,20 @@ class OpenAIServerLLM:
             else:
                 total += sum(len(p.get("text", "")) // 3 if p.get("type") == "text" else 800 for p in content)
         return total + 8
+
+    def batched_for(self, n: int) -> bool:
+        return False  # one request per seed: each answer depends on its own seed only
+
+    def generate_many(self, messages: Sequence[Message], seeds: Sequence[int], settings: SamplingSettings,
+                      grammar: str | None = None) -> list[Generation]:
+        """The answers of one step, up to `parallel` requests in flight (the server's slots);
+        in the order of `seeds` whatever order they finish in."""
+        if self.parallel < 2 or len(seeds) < 2:
+            return [self.generate(messages, seed, settings, grammar) for seed in seeds]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(seeds))) as pool:
+            return list(pool.map(lambda seed: self.generate(messages, seed, settings, grammar), seeds))
 
     def generate(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
                  grammar: str | None = None) -> Generation:

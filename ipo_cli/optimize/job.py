@@ -188,8 +188,10 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
 
     loop = LoopSettings(**{f.name: getattr(request, f.name) for f in fields(LoopSettings) if hasattr(request, f.name)})
     scorer = ClipScorer(clip, train_set, val_set)
+    if hasattr(llm, "parallel"):  # a server: the step's answers in flight at once (--parallel)
+        llm.parallel = parallel
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
-                          on_step=reporter.step, parallel=parallel)
+                          on_step=reporter.step)
     result = optimizer.run()
     if result.interrupted and not result.ranking:
         raise KeyboardInterrupt  # stopped before even the baseline was scored: nothing to write

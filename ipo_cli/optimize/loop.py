@@ -1,6 +1,6 @@
 """The IPO loop: propose with the LLM, validate, score with CLIP, record, select, stop.
 
-The loop only sees small interfaces: an LLM (`generate`, `count_tokens`, `n_ctx`), a
+The loop only sees small interfaces: an LLM (N answers per step, `count_tokens`, `n_ctx`), a
 `Scorer` (score a template on the training set and, with --select val, on a validation
 set) and the image descriptions. Everything it does is appended to the run folder as it
 happens; `run()` replays that history first, so a resumed run continues exactly where the
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from ipo_cli.cache import Store, key_of
 from ipo_cli.errors import IpoError
 from ipo_cli.gates.text import MAX_ANSWER_CHARS
-from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage
+from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage, batch_tag, generate_many
 from ipo_cli.optimize import meta_prompt as mp
 from ipo_cli.optimize.run_folder import RunFolder
 
@@ -145,30 +145,51 @@ class LoopResult:
 class Optimizer:
     def __init__(self, llm: LLM, scorer: Scorer, folder: RunFolder, settings: LoopSettings,
                  descriptions: Sequence[str] = (), generation_cache: Store | None = None,
-                 on_step: Callable[[dict, LoopState], None] | None = None, parallel: int = 1):
+                 on_step: Callable[[dict, LoopState], None] | None = None):
+        # The N candidates of a step are one call (llm.base.generate_many): the backend decides
+        # how (a llama.cpp batch, a server's `n` or its parallel slots, else one after another).
         self.llm, self.scorer, self.folder, self.settings = llm, scorer, folder, settings
-        # Candidates of a step go to a server concurrently (--parallel); an in-process
-        # llama.cpp model has one context, so it answers them in turn.
-        self.parallel = max(1, parallel) if getattr(llm, "supports_parallel", False) else 1
         self.descriptions = list(descriptions)
         self.cache = generation_cache
         self.on_step = on_step
         self.sampling = SamplingSettings(settings.temperature, settings.top_p, settings.max_tokens)
         self.validator = mp.Validator(scorer.classnames, scorer.token_count)
 
-    # ---- one candidate --------------------------------------------------------------
-    def generate(self, messages: list[dict], seed: int) -> tuple[Generation, bool]:
-        key = None
+    # ---- the answers of one step ----------------------------------------------------------
+    def _key(self, messages: list[dict], seed: int, tag: str) -> str:
+        parts: tuple = (self.llm.identity, messages, seed, asdict(self.sampling), mp.INS_GRAMMAR)
+        return "gen:" + key_of(*parts, tag) if tag else "gen:" + key_of(*parts)  # untagged: the keys of before
+
+    def answers(self, messages: list[dict], seeds: list[int], wanted: list[int]) -> dict[int, tuple[Generation, bool, float]]:
+        """The answers for the candidates `wanted` (indices into `seeds`), each with whether it
+        came from the cache and its share of the call's seconds. Where the backend's answers
+        depend on the whole batch (`batch_tag`), the whole batch is asked for even when some of
+        it is already recorded (a resumed step): the answers then equal an uninterrupted run's."""
+        if not wanted:
+            return {}
+        tag = batch_tag(self.llm, seeds)
+        out: dict[int, tuple[Generation, bool, float]] = {}
         if self.cache is not None:
-            key = "gen:" + key_of(self.llm.identity, messages, seed, asdict(self.sampling), mp.INS_GRAMMAR)
-            hit = self.cache.get_json(key)
-            if isinstance(hit, dict) and isinstance(hit.get("text"), str):
-                return Generation(hit["text"], seed, hit.get("finish_reason", "stop"), Usage()), True
-        gen = self.llm.generate(messages, seed, self.sampling, grammar=mp.INS_GRAMMAR)
-        gen.text = gen.text[:MAX_ANSWER_CHARS]  # a runaway answer is cut before it is stored (gates/text.py)
-        if key is not None and self.cache is not None:  # a key is made only with a cache
-            self.cache.set_json(key, {"text": gen.text, "finish_reason": gen.finish_reason})
-        return gen, False
+            for i in wanted:
+                hit = self.cache.get_json(self._key(messages, seeds[i], tag))
+                if isinstance(hit, dict) and isinstance(hit.get("text"), str):
+                    finish = hit.get("finish_reason")
+                    out[i] = (Generation(hit["text"], seeds[i], finish if isinstance(finish, str) else "stop", Usage()),
+                              True, 0.0)
+        missing = [i for i in wanted if i not in out]
+        if not missing:
+            return out
+        ask = list(range(len(seeds))) if tag else missing
+        start = time.perf_counter()
+        gens = generate_many(self.llm, messages, [seeds[i] for i in ask], self.sampling, grammar=mp.INS_GRAMMAR)
+        share = (time.perf_counter() - start) / len(ask)
+        for i, gen in zip(ask, gens):
+            gen.text = gen.text[:MAX_ANSWER_CHARS]  # a runaway answer is cut before it is stored (gates/text.py)
+            if self.cache is not None:
+                self.cache.set_json(self._key(messages, seeds[i], tag), {"text": gen.text, "finish_reason": gen.finish_reason})
+            if i in missing:
+                out[i] = (gen, False, share)
+        return out
 
     def scored(self, template: str) -> dict[str, Any]:
         train = self.scorer.score(template, "train")
@@ -178,15 +199,10 @@ class Optimizer:
             out.update(val_accuracy=val.accuracy, val_loss=val.loss)
         return out
 
-    def propose(self, step: int, attempt: int, index: int, messages: list[dict],
-                generated: tuple[Generation, bool, float] | None = None) -> dict:
+    def propose(self, step: int, attempt: int, index: int, generated: tuple[Generation, bool, float]) -> dict:
         seed = candidate_seed(self.settings.seed, step, attempt, index)
-        start = time.perf_counter()
-        if generated is None:
-            gen, cached = self.generate(messages, seed)
-        else:  # fetched concurrently with the step's other candidates
-            gen, cached, seconds = generated
-            start -= seconds
+        gen, cached, seconds = generated  # asked for with the step's other candidates (answers)
+        start = time.perf_counter() - seconds
         checked = self.validator.check(gen.text)
         reason = checked.reason
         if reason and gen.finish_reason == "length":
@@ -242,12 +258,13 @@ class Optimizer:
         self.folder.write_meta_prompt(step, meta.text)
         records = []
         for attempt in range(RETRIES + 1):
+            seeds = [candidate_seed(self.settings.seed, step, attempt, i) for i in range(self.settings.candidates)]
             todo = [i for i in range(self.settings.candidates) if (step, attempt, i) not in state.partial]
-            fetched = self.fetch_parallel(step, attempt, todo, meta.messages)
+            fetched = self.answers(meta.messages, seeds, todo)
             for index in range(self.settings.candidates):
                 record = state.partial.pop((step, attempt, index), None)
                 if record is None:
-                    record = self.propose(step, attempt, index, meta.messages, fetched.get(index))
+                    record = self.propose(step, attempt, index, fetched[index])
                     self.folder.append(record)
                     state.count(record)
                 if record["valid"]:
@@ -257,23 +274,6 @@ class Optimizer:
             if any(r["valid"] for r in records):
                 break
         self.finish_step(state, step, records, meta, time.perf_counter() - start)
-
-    def fetch_parallel(self, step: int, attempt: int, indices: list[int],
-                       messages: list[dict]) -> dict[int, tuple[Generation, bool, float]]:
-        """The answers for these candidates, asked for at once (up to --parallel in flight).
-        Seeds stay per index, and records are still validated and written in index order,
-        so a parallel run writes exactly the history of a sequential one."""
-        if self.parallel < 2 or len(indices) < 2:
-            return {}
-        from concurrent.futures import ThreadPoolExecutor
-
-        def one(index: int) -> tuple[Generation, bool, float]:
-            start = time.perf_counter()
-            gen, cached = self.generate(messages, candidate_seed(self.settings.seed, step, attempt, index))
-            return gen, cached, time.perf_counter() - start
-
-        with ThreadPoolExecutor(max_workers=min(self.parallel, len(indices))) as pool:
-            return dict(zip(indices, pool.map(one, indices)))
 
     def finish_step(self, state: LoopState, step: int, records: list[dict], meta, seconds: float) -> None:
         best = min(state.valid, key=lambda r: rank_key(r, "train"))
