@@ -197,7 +197,7 @@ def test_one_call_per_step_for_all_candidates(tmp_path):
     llm = BatchingLLM()
     result, folder = run_loop(tmp_path, llm, steps=6, candidates=4)
     assert len(llm.batches) == 6 and all(len(b) == 4 for b in llm.batches)
-    assert [b[0] for b in llm.batches] == [candidate_seed(0, step, 0, 0) for step in range(1, 7)]
+    assert [b[0] for b in llm.batches] == [candidate_seed(1, step, 0, 0) for step in range(1, 7)]
     assert result.best["accuracy"] > 30.0
 
 
@@ -232,7 +232,7 @@ def test_batched_run_resumed_mid_step_equals_an_uninterrupted_one(tmp_path):
         assert resumed.best["template"] == whole.best["template"]
         assert (llm.batches == []) == cached  # cached: every answer of the cut step came from the cache
         if not cached:
-            assert llm.batches[0] == [candidate_seed(0, 3, 0, i) for i in range(4)]
+            assert llm.batches[0] == [candidate_seed(1, 3, 0, i) for i in range(4)]
 
 
 def test_batch_tag_names_the_batch_only_where_answers_depend_on_it():
