@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ipo_cli.cache import sha256_file
-from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.errors import IpoError, close_matches, shown
 from ipo_cli.gates import json_in, paths
 from ipo_cli.store.entries import HANDLERS, check_name, load_catalogue
 
@@ -228,8 +228,26 @@ def find_in_hf_cache(repo: str, revision: str, filename: str) -> Path | None:
     (models--ORG--NAME/snapshots/REVISION/FILE), for exactly this revision."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()), revision=revision)
+    # A hub listing names the file; one that leaves the repository (`..`, an absolute path)
+    # is refused here in one line. huggingface_hub refuses it too, with a ValueError
+    # (huggingface_hub/file_download.py, `try_to_load_from_cache` -> `_check_disk_space`-free
+    # path join guarded by "Invalid filename"/"Invalid pointer path"), which is caught as well.
+    if _leaves_repo(filename):
+        raise IpoError(f"the hub's file list of {repo}@{revision} names the file {shown(filename)}, "
+                       "a path that leaves the repository; ipo fetches no such file", "is HF_ENDPOINT a hub?")
+    try:
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()), revision=revision)
+    except ValueError as exc:
+        raise IpoError(f"the file {shown(filename)} of {repo}@{revision} cannot be looked up in your Hugging Face "
+                       f"cache: {shown(str(exc), 120)}", "is HF_ENDPOINT a hub?") from None
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+def _leaves_repo(filename: str) -> bool:
+    """A repository path with `..`, a leading `/` or a backslash: not a file of the repository."""
+    from pathlib import PurePosixPath
+
+    return not filename or filename.startswith("/") or "\\" in filename or ".." in PurePosixPath(filename).parts
+
 
 def remove(name: str) -> LocalModel:
     """Forget a model; delete its files only when ipo downloaded them (never a file it
