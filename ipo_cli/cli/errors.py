@@ -96,6 +96,12 @@ def run(app: Callable[..., Any]) -> None:
         sys.stdout.flush()  # a reader that went away is found here, not at the interpreter's exit
     except BrokenPipeError:
         _pipe_closed()
+    except SystemExit as exc:
+        # Typer's own main turns EPIPE into a silent sys.exit(1) (typer/core.py `_main`:
+        # `except OSError as e: if e.errno == errno.EPIPE: ... sys.exit(1)`); said here instead
+        if isinstance(exc.__context__, BrokenPipeError):
+            _pipe_closed()
+        raise
     except IpoError as exc:
         if debug:
             raise

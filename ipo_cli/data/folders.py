@@ -19,6 +19,7 @@ from ipo_cli.errors import IpoError, close_matches, shown
 from ipo_cli.gates import json_in
 from ipo_cli.gates.paths import check_name, check_path
 
+RUN_MARKER = ".ipo-run"  # optimize/run_folder.py MARKER (data may not import optimize)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 
@@ -96,7 +97,9 @@ def _class_folders(root: Path) -> list[Path]:
         raise IpoError(f"images folder {root} does not exist", "pass a folder with one sub-folder per class")
     if not root.is_dir():
         raise IpoError(f"{root} is not a folder", "pass a folder with one sub-folder per class")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a run folder of ipo's own (its .ipo-run marker, optimize/run_folder.py) is output, not a class
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and not (p / RUN_MARKER).exists())
     if not folders:
         raise IpoError(
             f"images folder {root} has no class sub-folders",

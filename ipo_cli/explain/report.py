@@ -146,7 +146,7 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
         raise IpoError(f"the history of {run} has no step-0 record (the baseline's score), which the report "
                        "compares every prompt with", "restore history.jsonl, or run the optimisation again")
     best = min(scored, key=lambda r: rank_key(r, "train"))
-    request = config.get("request") if isinstance(config.get("request"), dict) else {}
+    request: dict = config["request"] if isinstance(config.get("request"), dict) else {}
 
     if train is None:
         items = _training_items(run, config, len(classnames))
@@ -219,7 +219,7 @@ def run_image_loading(config: dict) -> str:
     saved = config.get("image_loading")
     if isinstance(saved, str) and saved in IMAGE_LOADINGS:
         return saved
-    request = config.get("request") if isinstance(config.get("request"), dict) else {}
+    request: dict = config["request"] if isinstance(config.get("request"), dict) else {}
     saved = request.get("image_loading")
     if isinstance(saved, str) and saved in IMAGE_LOADINGS:
         return saved
