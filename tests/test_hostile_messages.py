@@ -14,17 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import run_ipo
+from test_hostile import user_error  # exit code, one line, no traceback, no "unexpected"
 from PIL import Image
 
 RUN_FORMAT_KEY = "ipo_run_format"
-
-
-def user_error(result, needle: str = "", code: int = 2) -> None:
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert result.returncode == code, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
-    assert len(lines) == 1, result.stderr
-    assert needle in result.stderr, (needle, result.stderr)
 
 
 def images(root: Path, classes: dict[str, int]) -> Path:
