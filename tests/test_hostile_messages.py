@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_ipo
-from test_hostile import user_error  # exit code, one line, no traceback, no "unexpected"
 from PIL import Image
+from test_hostile import user_error  # exit code, one line, no traceback, no "unexpected"
 
 RUN_FORMAT_KEY = "ipo_run_format"
 
