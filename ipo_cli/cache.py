@@ -170,12 +170,19 @@ class Store:
     def _open_read_only(self, exc: BaseException) -> None:
         db = self.path / "cache.db"
         self.read_only = True
-        if db.is_file():
-            try:
-                self._ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True, check_same_thread=False)
-                self._ro.execute("SELECT 1 FROM Cache LIMIT 1")
-            except sqlite3.DatabaseError:
-                self._ro = None
+        # diskcache keeps its index in WAL mode (diskcache/core.py, DEFAULT_SETTINGS
+        # "sqlite_journal_mode": "wal"); a WAL database opened with mode=ro still needs to
+        # create its -shm file, which a read-only mount refuses (https://www.sqlite.org/wal.html,
+        # "Read-Only Databases"). `immutable=1` then opens it without locks or the -shm file
+        # (https://www.sqlite.org/uri.html#uriimmutable): right where nothing can write it.
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            if db.is_file():
+                try:
+                    self._ro = sqlite3.connect(f"file:{db}?{query}", uri=True, check_same_thread=False)
+                    self._ro.execute("SELECT 1 FROM Cache LIMIT 1")
+                    break
+                except sqlite3.DatabaseError:
+                    self._ro = None
         _warn(f"the cache {self.path} is read-only ({exc}); using what it holds, writing nothing new")
 
     def _move_aside(self, exc: BaseException) -> None:

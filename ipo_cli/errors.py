@@ -50,3 +50,31 @@ def close_matches(name: str, choices: list[str], n: int = 3) -> str:
     lowered = {c.lower(): c for c in choices}
     found = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
     return f" (did you mean {', '.join(lowered[f] for f in found)}?)" if found else ""
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A value read from outside, as a message shows it: its repr, nested containers cut at
+    a few levels and items, cut to `limit` characters, and never an error itself.
+
+    A message is formatted after something went wrong, from values a hostile file chose: a
+    list nested 100,000 deep makes `str()` raise RecursionError, and an int of 5,000 digits
+    makes it raise ValueError (Python's integer-to-text limit, `sys.get_int_max_str_digits`,
+    4,300 digits by default: https://docs.python.org/3/library/stdtypes.html#int-max-str-digits).
+    `reprlib` (stdlib) walks containers only to `maxlevel` deep; its ints are shown here by
+    size once they are too long to print."""
+    import reprlib
+
+    class _Bounded(reprlib.Repr):
+        def repr_int(self, x: int, level: int) -> str:
+            if x.bit_length() > 128:  # about 39 digits and more: said by size
+                return f"<an integer of about {int(x.bit_length() * 0.30103) + 1} digits>"
+            return repr(x)
+
+    bounded = _Bounded()
+    bounded.maxlevel, bounded.maxstring, bounded.maxother = 4, limit, limit
+    try:
+        text = value if isinstance(value, str) else bounded.repr(value)
+        text = repr(text[:limit]) + ("..." if len(text) > limit else "") if isinstance(value, str) else text
+    except Exception:  # noqa: BLE001 - a value that cannot even be shown is named by its type
+        return f"<a {type(value).__name__} that cannot be shown>"
+    return text if len(text) <= limit + 5 else text[:limit] + "..."

@@ -16,6 +16,7 @@ from ipo_cli.cli.options import (
     ClipOpt,
     ClipWeightsOpt,
     DeviceOpt,
+    ImageLoadingOpt,
     JsonOpt,
 )
 from ipo_cli.cli.output import check_out, show, write_out
@@ -24,10 +25,12 @@ from ipo_cli.errors import IpoError
 # ---- ipo classify -----------------------------------------------------------------
 
 def classify_cmd(
-    images: Annotated[Path, typer.Argument(help="An image file, or a folder of images (searched recursively).")],
+    images: Annotated[Path, typer.Argument(help="An image file, a folder of images (searched recursively), or a CLIP_benchmark webdataset folder.")],
     prompts: Annotated[Path, typer.Option("--prompts", help="An ipo prompts.json (its best prompt), a template list, or per-class prompts.", rich_help_panel=DATA)],
     classes: ClassesOpt = None,
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Average all the file's templates instead of using its best one.", rich_help_panel=DATA)] = False,
+    split_part: Annotated[Optional[str], typer.Option("--split-part", help="Which split of a webdataset folder to label (default: test, else the first it has).", rich_help_panel=DATA)] = None,
+    image_loading: ImageLoadingOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Classes listed per image.", rich_help_panel=OUTPUT)] = 3,
     clip: ClipOpt = None,  # default: the CLIP a run's prompts.json names, else ViT-B-16:openai
     clip_weights: ClipWeightsOpt = None,
@@ -39,7 +42,7 @@ def classify_cmd(
     """Label new images with an optimised prompt: top-k classes with probabilities."""
     from ipo_cli.clip import predictions_out, sources
     from ipo_cli.clip.classify import Classifier, choose_prompt
-    from ipo_cli.data.folders import read_classes
+    from ipo_cli.data.folders import check_image_loading, read_classes
     from ipo_cli.data.prompts import read_info, read_prompts, resolve_classes, resolve_clip
 
     check_out(out_file)
@@ -51,10 +54,16 @@ def classify_cmd(
     if classnames is None:
         raise IpoError("missing --classes", "pass the class names the prompt was made for, one per line")
     clip_name, weights = resolve_clip(info, clip, clip_weights)
-    paths = sources.image_files(images)
+    if image_loading is not None:
+        check_image_loading(image_loading)
     prompt = choose_prompt(read_prompts(prompts), ensemble)
+    shards = sources.shard_images(images, split_part, cache_dir, classnames)  # a webdataset folder, as eval reads it
+    if shards is None and split_part is not None:
+        raise IpoError(f"--split-part is for a webdataset folder (with SPLIT/nshards.txt); {images} is not one")
+    paths = shards.paths if shards is not None else sources.image_files(images)
+    loading = image_loading or (shards.image_loading if shards is not None else "ipo")
     with status(f"loading CLIP {clip_name}"):
-        classifier = Classifier(prompt, classnames, clip_name, weights, device, cache_dir)
+        classifier = Classifier(prompt, classnames, clip_name, weights, device, cache_dir, image_loading=loading)
     with progress_bar("classifying", len(paths), quiet=as_json) as advance:
         predictions = classifier.classify(paths, top_k=top_k, progress=advance)
     failed = [p for p in predictions if p.error]

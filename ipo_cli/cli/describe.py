@@ -9,9 +9,22 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ipo_cli.cli.console import out, progress_bar, status, warn
-from ipo_cli.cli.options import MODELS, OUTPUT, CacheDirOpt, ClassesOpt, ClipOpt, ClipWeightsOpt, DeviceOpt, GpuLayersOpt, JsonOpt
+from ipo_cli.cli.options import (
+    DATA,
+    MODELS,
+    OUTPUT,
+    CacheDirOpt,
+    ClassesOpt,
+    ClipOpt,
+    ClipWeightsOpt,
+    DeviceOpt,
+    GpuLayersOpt,
+    ImageLoadingOpt,
+    JsonOpt,
+)
 from ipo_cli.cli.output import check_out, show, write_out
 from ipo_cli.clip.spec import DEFAULT_CLIP
+from ipo_cli.errors import IpoError
 
 # ---- ipo describe -----------------------------------------------------------------
 
@@ -26,6 +39,8 @@ def describe_cmd(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Instruction for the model (default: describe without naming the class).", rich_help_panel=MODELS)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Longest caption, in tokens.", rich_help_panel=MODELS)] = 160,
     gpu_layers: GpuLayersOpt = None,
+    split_part: Annotated[Optional[str], typer.Option("--split-part", help="Which split of a webdataset folder to describe (default: train, else the first it has).", rich_help_panel=DATA)] = None,
+    image_loading: ImageLoadingOpt = None,  # with --lmm clip: how CLIP decodes the images
     clip: ClipOpt = DEFAULT_CLIP,  # with --lmm clip only
     clip_weights: ClipWeightsOpt = None,
     device: DeviceOpt = "auto",
@@ -35,18 +50,26 @@ def describe_cmd(
 ) -> None:
     """Caption images with a multimodal model (cached), redacting class names."""
     from ipo_cli import cache
+    from ipo_cli.data import shards
+    from ipo_cli.data.folders import check_image_loading
     from ipo_cli.llm import captions as describe
     from ipo_cli.llm.machine_defaults import defaults_machine
 
     check_out(out_file)
-    paths, labels, classnames = describe.collect_images(images, classes)
+    if image_loading is not None:
+        check_image_loading(image_loading)
+        if (lmm or "").lower() != describe.CLIP_DESCRIBER or lmm_url:
+            raise IpoError("--image-loading is for --lmm clip (a multimodal model reads the image files itself)")
+    paths, labels, classnames = describe.collect_images(images, classes, split_part)
+    # a webdataset folder's images are the field's: decoded as CLIP_benchmark does (data/folders.load_image)
+    loading = image_loading or ("reference" if shards.is_shard_folder(images) else "ipo")
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
     if (lmm or "").lower() == describe.CLIP_DESCRIBER and not lmm_url:  # the CLIP-only describer
         from ipo_cli.clip.attributes import clip_describer
         from ipo_cli.clip.spec import DEFAULT_CLIP
 
         backend: Any = clip_describer(clip or DEFAULT_CLIP, clip_weights, cache_dir, classnames, paths, device,
-                                 loading=lambda identity: status(f"loading CLIP {identity}"))
+                                 loading=lambda identity: status(f"loading CLIP {identity}"), image_loading=loading)
     else:
         machine = defaults_machine(lmm, lmm_url)
         if machine.warning:

@@ -20,7 +20,16 @@ from ipo_cli.errors import InvalidInput, IpoError, ModelError, NetworkError, Not
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n"))
+    return " ".join(_text_of(exc).split("\n"))
+
+
+def _text_of(exc: BaseException) -> str:
+    """str(exc), which may itself fail for an exception carrying a hostile value (a list
+    nested 100,000 deep, an int over Python's 4,300-digit limit): then its type alone."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - the message of a message that cannot be shown
+        return f"({type(exc).__name__} with a message that cannot be shown)"
 
 
 # The most specific type first; the first row an exception is an instance of wins. Every
@@ -84,6 +93,15 @@ def run(app: Callable[..., Any]) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(standalone_mode=False, prog_name="ipo")
+        sys.stdout.flush()  # a reader that went away is found here, not at the interpreter's exit
+    except BrokenPipeError:
+        _pipe_closed()
+    except SystemExit as exc:
+        # Typer's own main turns EPIPE into a silent sys.exit(1) (typer/core.py `_main`:
+        # `except OSError as e: if e.errno == errno.EPIPE: ... sys.exit(1)`); said here instead
+        if isinstance(exc.__context__, BrokenPipeError):
+            _pipe_closed()
+        raise
     except IpoError as exc:
         if debug:
             raise
@@ -108,7 +126,7 @@ def run(app: Callable[..., Any]) -> None:
 
             fail(_one_line(os_error(exc, "a file operation failed")))
             _exit(2)
-        fail(f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+        fail(f"unexpected {type(exc).__name__}: {' '.join(_text_of(exc).split())[:500]} "
              "(set IPO_DEBUG=1 for the traceback and report it)")
         _exit(1)
     if code == 130 and not SUMMARY_SHOWN[0]:
@@ -127,6 +145,24 @@ def _exit(code: int) -> NoReturn:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
+
+
+def _pipe_closed() -> NoReturn:
+    """stdout's reader stopped reading (`ipo eval --json | head -c 5`): one line and exit 141,
+    the status a shell shows for a program ended by SIGPIPE (128 + 13), as `git log | head`
+    ends. stdout is pointed at /dev/null first, as Python's docs advise (signal module, "Note
+    on SIGPIPE": https://docs.python.org/3/library/signal.html#note-on-sigpipe), so that the
+    interpreter's last flush cannot fail once more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    try:
+        fail("the output's reader stopped reading (a closed pipe); the rest of the output was not written")
+    except OSError:
+        pass  # stderr is gone too: the exit code says it
+    _exit(141)
 
 
 def _interrupted() -> NoReturn:

@@ -20,6 +20,7 @@ from ipo_cli.cli.options import (
     DataRootOpt,
     DatasetOpt,
     DeviceOpt,
+    ImageLoadingOpt,
     JsonOpt,
     OutsideRootOpt,
     SplitOpt,
@@ -45,7 +46,7 @@ def eval_cmd(
     clip: ClipOpt = None,  # default: the CLIP a run's prompts.json names, else ViT-B-16:openai
     clip_weights: ClipWeightsOpt = None,
     cache_dir: CacheDirOpt = None,
-    image_loading: Annotated[Optional[str], typer.Option("--image-loading", help="How images are decoded: reference (convert to RGB only, as CoOp/Dassl and CLIP_benchmark; the default for --dataset and shards) or ipo (EXIF rotation, transparency on white; the default for your folders).", rich_help_panel=DATA)] = None,
+    image_loading: ImageLoadingOpt = None,
     dump_templates: Annotated[bool, typer.Option("--dump-templates", help="With --format clip_benchmark: record the templates in the result, as CLIP_benchmark's --dump_templates.", rich_help_panel=OUTPUT)] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.", rich_help_panel=CLIP)] = 32,
     device: DeviceOpt = "auto",

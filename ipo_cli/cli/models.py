@@ -158,6 +158,7 @@ def models_path(name: Annotated[str, typer.Argument(help="An installed model.")]
     if model is None:
         local.resolve(name, "llm")  # raises the right error: not pulled yet, or unknown
         raise IpoError(f"{name} is a file, not an installed model name", "see: ipo models list")
+    local.check_files(model)  # a deleted file is said, not printed as if it were there
     print(model.path)
     if model.mmproj:
         print(model.mmproj)

@@ -24,6 +24,7 @@ from ipo_cli.cli.options import (
     DatasetOpt,
     DeviceOpt,
     GpuLayersOpt,
+    ImageLoadingOpt,
     JsonOpt,
     LlmModelOpt,
     LlmOpt,
@@ -72,6 +73,7 @@ def optimize_cmd(
     data_root: DataRootOpt = None,
     fresh_sample: Annotated[Optional[bool], typer.Option("--fresh-sample", help="With --dataset: draw the few-shot sample anew even when CoOp's cached split_fewshot/shot_K-seed_S.pkl exists (used by default, as CoOp does).", rich_help_panel=DATA)] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Hand-written template the --base-novel report compares with (default: CoOp's for --dataset, else 'a photo of a {}.').", rich_help_panel=OUTPUT)] = None,
+    image_loading: ImageLoadingOpt = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<date>-<name>).", rich_help_panel=OUTPUT)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last complete record.", rich_help_panel=OUTPUT)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.", rich_help_panel=OUTPUT)] = False,
@@ -94,7 +96,8 @@ def optimize_cmd(
         max_tokens=max_tokens, task_hint=task_hint, select=select, llm=llm, llm_url=llm_url, llm_model=llm_model,
         n_ctx=n_ctx, lmm=lmm, mmproj=mmproj, handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
         clip_weights=clip_weights, test_images=test_images, allow_outside_root=allow_outside_root,
-        dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample)
+        dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample,
+        image_loading=image_loading)
     placement = Placement(device=device, gpu_layers=gpu_layers, parallel=parallel, cache_dir=cache_dir, offline=offline)
     saved = None
     if resume is not None:

@@ -25,6 +25,7 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="Where CLIP runs: auto 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.", rich_help_panel=OUTPUT)]
 DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A CoOp dataset (ImageNet, Caltech101, OxfordPets, StanfordCars, Flowers102, Food101, FGVCAircraft, SUN397, DTD, EuroSAT, UCF101; ImageNetV2/Sketch/A/R for eval) under --data-root, laid out as CoOp's DATASETS.md says.", rich_help_panel=DATA)]
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA), with --dataset.", rich_help_panel=DATA)]
+ImageLoadingOpt = Annotated[Optional[str], typer.Option("--image-loading", help="How images are decoded: reference (convert to RGB only, as CoOp/Dassl and CLIP_benchmark; the default for --dataset and shards) or ipo (EXIF rotation, transparency on white; the default for your folders).", rich_help_panel=DATA)]
 OutsideRootOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder (.., absolute paths).", rich_help_panel=DATA)]
 GpuLayersOpt = Annotated[Optional[int], typer.Option("--gpu-layers", min=-1, help="llama.cpp layers to offload to the GPU: -1 all, 0 none (default: all when llama.cpp was built with GPU offload, else 0).", rich_help_panel=MODELS)]
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ipo_cli.cli.console import out, status
-from ipo_cli.cli.options import CacheDirOpt, DeviceOpt, JsonOpt
+from ipo_cli.cli.options import CacheDirOpt, DeviceOpt, ImageLoadingOpt, JsonOpt
 from ipo_cli.cli.output import show
 
 # ---- ipo report -------------------------------------------------------------------
@@ -17,17 +17,25 @@ def report_cmd(
     run: Annotated[Path, typer.Argument(help="A run folder of ipo optimize.")],
     device: DeviceOpt = "auto",
     cache_dir: CacheDirOpt = None,
+    image_loading: ImageLoadingOpt = None,  # default: the run's own (config.json)
     as_json: JsonOpt = False,
 ) -> None:
-    """Why the prompt works: the search, per-class changes, word attribution, top prompts, images."""
+    """Why the prompt works: the search, per-class changes, word attribution, top prompts, images.
+
+    The run's images are decoded as the run decoded them (its config.json) unless
+    --image-loading says otherwise."""
+    from ipo_cli.data.folders import check_image_loading
     from ipo_cli.explain import report as insight
+
+    if image_loading is not None:
+        check_image_loading(image_loading)
 
     if insight.is_bench(run):
         bench = insight.write_bench(run)
         show({"report": str(bench)}, as_json, lambda _: out.print(f"bench report written: {bench}"))
         return
     with status("scoring the run's prompts on its cached embeddings"):
-        report = insight.build(run, cache_dir, device)
+        report = insight.build(run, cache_dir, device, image_loading=image_loading)
     written = insight.write(report, run / "report")
     show(report.to_json(), as_json, lambda _: _render_report(report, written))
 

@@ -107,6 +107,8 @@ class ClipAttributes:
         self.store = store
         self.vocabulary = (vocabulary or load_vocabulary()).without(exclude)
         self.identity = f"clip-attributes@{clip.identity}#{self.vocabulary.sha256[:16]}"
+        if getattr(clip, "image_loading", "ipo") != "ipo":  # the captions' cache key names the decoding
+            self.identity += f"#{clip.image_loading}"
         self._images: dict[str, object] = {}
         self._failed: dict[str, Exception] = {}
 
@@ -168,7 +170,7 @@ class ClipAttributes:
 
 def clip_describer(clip: str, clip_weights: Path | str | None = None, cache_dir: Path | None = None,
                    exclude: Sequence[str] = (), paths: Sequence[Path] = (), device: str = "auto",
-                   loading=None) -> ClipAttributes:
+                   loading=None, image_loading: str = "ipo") -> ClipAttributes:
     """`ipo describe --lmm clip --clip SPEC [--clip-weights FILE]`: CLIP as `ipo eval` gets
     it (clip/loading.py): from the embeddings cache alone when it holds these images and
     the vocabulary's texts (no torch), else loaded, its embeddings kept for next time."""
@@ -178,7 +180,9 @@ def clip_describer(clip: str, clip_weights: Path | str | None = None, cache_dir:
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     vocabulary = load_vocabulary().without(exclude)
     texts = [t for f in vocabulary.families for t in f.texts()]
-    model = open_clip_model(clip, clip_weights, store, paths, texts, device, loading=loading)
+    model = open_clip_model(clip, clip_weights, store, paths, texts, device, loading=loading,
+                            image_loading=image_loading)
+    model.image_loading = image_loading  # how image files are decoded: part of their cache key
     return ClipAttributes(model, store, vocabulary=vocabulary)
 
 

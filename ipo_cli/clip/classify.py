@@ -54,7 +54,8 @@ def choose_prompt(prompts: list[Prompt], ensemble: bool = False) -> Prompt:
 
 class Classifier:
     def __init__(self, prompt: Prompt, classnames: Sequence[str], clip: str = DEFAULT_CLIP,
-                 clip_weights: Path | str | None = None, device: str = "auto", cache_dir: Path | None = None):
+                 clip_weights: Path | str | None = None, device: str = "auto", cache_dir: Path | None = None,
+                 image_loading: str = "ipo"):
         from ipo_cli import cache
 
         self.prompt = prompt
@@ -63,6 +64,7 @@ class Classifier:
             raise IpoError("classifying needs at least two class names")
         self.texts = [t for texts in prompt.texts(self.classnames) for t in texts]  # checks per-class coverage
         self.spec = (clip, clip_weights, device)
+        self.image_loading = image_loading  # how image files are decoded (data/folders.load_image)
         self.store = cache.Store(cache.cache_root(cache_dir), "embeddings")
         self.clip: Any = None  # loaded on first need: a fully cached batch of files needs no model at all
         self.text: Any = None
@@ -73,7 +75,9 @@ class Classifier:
 
         if self.clip is None or (need_model and getattr(self.clip, "warm", False)):
             clip, weights, device = self.spec
-            self.clip = open_clip_model(clip, weights, self.store, paths, self.texts, device, warm=not need_model)
+            self.clip = open_clip_model(clip, weights, self.store, paths, self.texts, device, warm=not need_model,
+                                        image_loading=self.image_loading)
+            self.clip.image_loading = self.image_loading  # part of every image's cache key
             self.text = class_embeddings(self.clip, self.prompt, self.classnames)
         return self.clip
 

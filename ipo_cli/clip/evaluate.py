@@ -60,7 +60,9 @@ def embed_dataset(clip, dataset: Dataset, store=None, progress: Callable[[int], 
     )
     empty = [remaining.classnames[label] for label, items in remaining.by_label().items() if not items]
     if not remaining.items:
-        raise IpoError("none of the images could be read", "check the image files (see the warnings above)")
+        # said here in full: the callers warn about skipped images only after this returns
+        first = f"; first {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise IpoError(f"none of the {len(dataset.items)} images could be read{first}", "check the image files")
     if empty:
         raise IpoError(
             f"every image of class(es) {', '.join(empty)} was unreadable",

@@ -81,7 +81,9 @@ def eval_inputs(prompts_file: Path, images: Path | None = None, dataset: str | N
 def image_files(images: Path) -> list[Path]:
     """The images `ipo classify` labels: one file, or every image under a folder."""
     from ipo_cli.data import folders
+    from ipo_cli.gates.paths import check_path
 
+    check_path(images, "image file or folder")  # a FIFO, a device, a socket: said as what it is
     if images.is_dir():
         paths = folders.list_images(images)
     elif images.is_file():
@@ -91,3 +93,18 @@ def image_files(images: Path) -> list[Path]:
     if not paths:
         raise NotFound(f"{images} holds no images", f"image files end in {', '.join(sorted(folders.IMAGE_EXTENSIONS))}")
     return paths
+
+
+def shard_images(images: Path, split_part: str | None, cache_dir: Path | None,
+                 classnames: list[str] | None = None) -> Dataset | None:
+    """A CLIP_benchmark webdataset folder's images (data/shards.py), as `ipo eval` and
+    `ipo describe` read them; None for any other path. Without `split_part`, its test
+    split, else the first it has."""
+    from ipo_cli.data import shards
+
+    if not shards.is_shard_folder(images):
+        return None
+    if split_part is None:
+        split_part = next(s for s in ("test", "train", "val") if (images / s / "nshards.txt").is_file())
+    check_split_part(split_part)
+    return shards.load_shards(images, split_part, cache_dir, classnames)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ipo_cli.data.folders import Dataset, ImageItem
-from ipo_cli.errors import IpoError
+from ipo_cli.errors import IpoError, shown
 
 # where pickle records Datum's class: its module and name
 DATUM_CLASSES = {("dassl.data.datasets.base_dataset", "Datum"), ("dassl.data.datasets", "Datum")}
@@ -103,7 +103,10 @@ def _entries(value, path: Path, part: str) -> list[Entry]:
         if not (d and isinstance(d.get("_impath"), str) and isinstance(d.get("_label"), int)
                 and not isinstance(d.get("_label"), bool) and d["_label"] >= 0):
             raise IpoError(f"{path}: entry {n} of {part!r} is not a Datum with an image path and a label")
-        out.append(Entry(d["_impath"], d["_label"], str(d.get("_classname", ""))))
+        classname = d.get("_classname", "")
+        if not isinstance(classname, str):  # shown bounded: it may be nested 100,000 deep (errors.shown)
+            raise IpoError(f"{path}: entry {n} of {part!r} has a class name that is not text: {shown(classname)}")
+        out.append(Entry(d["_impath"], d["_label"], classname))
     return out
 
 
@@ -128,7 +131,8 @@ def to_dataset(entries: list[Entry], classnames: list[str], image_dir: Path, anc
     items = []
     for e in entries:
         if e.label >= len(classnames):
-            raise IpoError(f"{source}: label {e.label} of {e.path} is beyond the dataset's {len(classnames)} classes")
+            raise IpoError(f"{source}: label {shown(e.label)} of {shown(e.path)} is beyond the dataset's "
+                           f"{len(classnames)} classes")
         local = map_path(e.path, image_dir, anchors)
         if not local.is_file():
             raise IpoError(f"{source} names {e.path}, which maps to {local}, and there is no such file",

@@ -9,41 +9,48 @@ from __future__ import annotations
 import math
 import random
 import re
+import unicodedata
 from pathlib import Path
 
 from ipo_cli.data.records import Dataset as Dataset
 from ipo_cli.data.records import ImageItem as ImageItem
 from ipo_cli.data.records import read_text as read_text
-from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.errors import IpoError, close_matches, shown
 from ipo_cli.gates import json_in
 from ipo_cli.gates.paths import check_name, check_path
 
+RUN_MARKER = ".ipo-run"  # optimize/run_folder.py MARKER (data may not import optimize)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 
 def normalize_name(name: str) -> str:
-    """Case, spaces, `_` and `-` do not distinguish class names."""
-    return re.sub(r"[\s_\-]+", " ", name.strip().lower()).strip()
+    """Case, spaces, `_` and `-` do not distinguish class names, nor how an accent is
+    written (NFC "é" or NFD "e" + U+0301, as macOS file names store it)."""
+    return re.sub(r"[\s_\-]+", " ", unicodedata.normalize("NFC", name).strip().lower()).strip()
 
 
 def read_classes(path: Path, key: str | None = None) -> list[str]:
-    """One class per line; blank lines and `#` comments are ignored. A JSON file is read as
-    CLIP_benchmark's classnames file, `{dataset: [names]}` (its en_classnames.json), and
-    `key` (`--dataset`) picks the dataset; a file with one dataset needs no key."""
-    path = check_path(path, "classes file")
-    if not path.is_file():
-        raise IpoError(f"classes file {path} does not exist", "pass a text file with one class name per line")
+    """One class per line; blank lines and `#` comments are ignored. A comment starts a line
+    or follows a space (as in a shell): a `#` inside a name is part of it (`C#`). Lines end at line feeds (and CRLF) only: a
+    U+2028 inside a name is not a line break (str.splitlines would split there). A JSON file
+    is read as CLIP_benchmark's classnames file, `{dataset: [names]}` (its
+    en_classnames.json), and `key` (`--dataset`) picks the dataset; a file with one dataset
+    needs no key."""
+    path = check_path(path, "classes file", must_exist=True, kind="file")  # a folder or a FIFO: said as such
     text = read_text(path, "classes file")
     if path.suffix.lower() == ".json":
         lines = _classnames_json(path, text, key)
     else:
-        lines = text.splitlines()
+        lines = [re.split(r"(?:^|\s)#", line, maxsplit=1)[0] for line in text.split("\n")]
     names: list[str] = []
     seen: dict[str, str] = {}
     for line in lines:
-        name = line.split("#", 1)[0].strip()
+        name = line.strip()
         if not name:
             continue
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+            raise IpoError(f"classes file {path}: the class {shown(name)} holds a control character or a line "
+                           "or paragraph separator", "write each class name on its own line, as plain text")
         key = normalize_name(name)
         if key in seen:
             raise IpoError(
@@ -90,7 +97,9 @@ def _class_folders(root: Path) -> list[Path]:
         raise IpoError(f"images folder {root} does not exist", "pass a folder with one sub-folder per class")
     if not root.is_dir():
         raise IpoError(f"{root} is not a folder", "pass a folder with one sub-folder per class")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    # a run folder of ipo's own (its .ipo-run marker, optimize/run_folder.py) is output, not a class
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                     and not (p / RUN_MARKER).exists())
     if not folders:
         raise IpoError(
             f"images folder {root} has no class sub-folders",
@@ -174,7 +183,11 @@ def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_
                     "each entry is [relative path, integer label, class name]",
                 )
             check_name(root / entry[0], f"split file {split_file} entry {n} in {split_part!r}")
-            names.setdefault(entry[1], entry[2])
+            named = names.setdefault(entry[1], entry[2])
+            if named != entry[2]:  # one label, two names: which class is it?
+                raise IpoError(f"split file {split_file} names label {entry[1]} both {shown(named)} and "
+                               f"{shown(entry[2])} (entry {n} in {split_part!r})" + _difference(named, entry[2]),
+                               "each label is one class: give it one name throughout")
     if sorted(names) != list(range(len(names))):
         raise IpoError(f"split file {split_file} does not number its labels 0..n-1")
     items = [ImageItem(root / entry[0], entry[1]) for entry in data[part]]
@@ -188,13 +201,27 @@ def load_split(split_file: Path, root: Path, part: str = "train", allow_outside_
                                f"{item.path}", "pass --allow-outside-root if that is intended")
     missing = [str(item.path) for item in items if not item.path.is_file()]
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        listed = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         raise IpoError(
-            f"split file {split_file} points at {len(missing)} missing image(s): {shown}",
+            f"split file {split_file} points at {len(missing)} missing image(s): {listed}",
             "pass the dataset's image folder with --images",
         )
     classnames = [names[i].replace("_", " ") for i in range(len(names))]
     return Dataset(classnames, items, root)
+
+
+def _difference(a: str, b: str) -> str:
+    """For two names that may print alike (NFC vs NFD, a look-alike letter): their code points."""
+    if a == b or (a.isascii() and b.isascii()):
+        return ""
+    return f" (as code points: {code_points(a)} vs {code_points(b)})"
+
+
+def code_points(text: str, limit: int = 40) -> str:
+    """`text` with every non-ASCII character written as its code point (`e\\u0301`), so
+    that two names that look the same on a terminal can be told apart."""
+    shown_text = "".join(c if c.isascii() and c.isprintable() else f"\\u{ord(c):04x}" for c in text[:limit])
+    return shown_text + ("..." if len(text) > limit else "")
 
 
 def few_shot(dataset: Dataset, shots: int, seed: int | random.Random, strict: bool = True) -> Dataset:

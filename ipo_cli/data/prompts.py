@@ -221,12 +221,12 @@ def resolve_classes(info: PromptsInfo, classes: list[str] | None, flag: str = "-
     """The class names to use: those given, else the run's; both, and different, is an error."""
     if classes is None or info.classes is None:
         return classes if classes is not None else info.classes
-    from ipo_cli.data.folders import normalize_name
+    from ipo_cli.data.folders import code_points, normalize_name
 
     given, saved = [normalize_name(c) for c in classes], [normalize_name(c) for c in info.classes]
-    if given != saved:
-        extra = [c for c in classes if normalize_name(c) not in saved]
-        missing = [c for c in info.classes if normalize_name(c) not in given]
+    if given != saved:  # non-ASCII names as code points: two that look alike are told apart
+        extra = [c if c.isascii() else code_points(c) for c in classes if normalize_name(c) not in saved]
+        missing = [c if c.isascii() else code_points(c) for c in info.classes if normalize_name(c) not in given]
         what = (f"it adds {', '.join(extra[:3])}" if extra else "") + ("; " if extra and missing else "") + \
             (f"it lacks {', '.join(missing[:3])}" if missing else "") or "the order differs"
         raise IpoError(f"{flag} differs from the classes these prompts were optimised for ({what})",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ipo_cli.errors import IpoError
+from ipo_cli.errors import IpoError, shown
 from ipo_cli.gates import json_in
 from ipo_cli.gates.text import html_text, terminal_safe
 from ipo_cli.optimize.meta_prompt import PLACEHOLDER
@@ -117,14 +118,16 @@ def attribute(template: str, score: Callable[[str], tuple[float, float]]) -> lis
 
 
 # ---- building the report ------------------------------------------------------------------
-def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=None, train=None) -> Report:
+def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=None, train=None,
+          image_loading: str | None = None) -> Report:
     """Everything the report shows. `clip` and `train` (an EmbeddedSet) may be passed by a
-    caller that has them loaded (the end of `ipo optimize`)."""
+    caller that has them loaded (the end of `ipo optimize`). The images are decoded as the
+    run decoded them unless `image_loading` says otherwise."""
     from ipo_cli import cache
     from ipo_cli.clip import evaluate
     from ipo_cli.clip.scoring import Prompt, score_embeddings, score_prompt
     from ipo_cli.clip.spec import DEFAULT_CLIP
-    from ipo_cli.data.folders import Dataset, ImageItem
+    from ipo_cli.data.folders import Dataset
     from ipo_cli.optimize.loop import rank_key
     from ipo_cli.optimize.run_folder import RunFolder
 
@@ -136,17 +139,20 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     scored = [r for r in scored if r["step"] in finished]
     if not scored:
         raise IpoError(f"{run} has no scored prompt yet", "run or resume the optimisation first")
-    baseline = next(r for r in scored if r["step"] == 0)
+    classnames = _run_classnames(run, config)
+    _check_scores(run, scored, len(classnames))
+    baseline = next((r for r in scored if r["step"] == 0), None)
+    if baseline is None:
+        raise IpoError(f"the history of {run} has no step-0 record (the baseline's score), which the report "
+                       "compares every prompt with", "restore history.jsonl, or run the optimisation again")
     best = min(scored, key=lambda r: rank_key(r, "train"))
-    classnames = list(config.get("train_classnames") or config.get("classnames") or [])
-    request = config.get("request", {})
+    request: dict = config["request"] if isinstance(config.get("request"), dict) else {}
 
     if train is None:
-        split = (config.get("split") or {}).get("train") or []
-        items = [ImageItem(Path(p), int(label)) for p, label in split if Path(p).is_file()]
+        items = _training_items(run, config, len(classnames))
         if not items:
             raise IpoError(f"the training images of {run} are gone", "the report needs them (their embeddings)")
-        data = Dataset(classnames, items)
+        data = Dataset(classnames, items, image_loading=image_loading or run_image_loading(config))
         store = cache.Store(cache.cache_root(cache_dir), "embeddings")
         if clip is None:
             from ipo_cli.clip.loading import open_clip_model
@@ -154,7 +160,7 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
             # a report made before has cached every text it needs: then no model is loaded
             needed = _texts_needed(best, baseline, scored, classnames)
             clip = open_clip_model(request.get("clip") or DEFAULT_CLIP, request.get("clip_weights"),
-                                   store, data.paths, needed, device)
+                                   store, data.paths, needed, device, image_loading=data.image_loading)
         train = evaluate.embed_dataset(clip, data, store)
 
     def score(template: str) -> tuple[float, float]:
@@ -194,11 +200,81 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
             base_novel = json_in.object_at(json_in.read_json(summary_path, "run summary"), "run summary").get("base_novel")
         except IpoError:
             base_novel = None
-    images = config.get("descriptions") or [{"path": str(p), "description": ""} for p in train.dataset.paths[:40]]
+    images = config.get("descriptions") if isinstance(config.get("descriptions"), list) else None
+    images = images or [{"path": str(p), "description": ""} for p in train.dataset.paths[:40]]
     return Report(str(run), steps, scored, best, baseline, classnames, per_class, confusions,
                   attribute(best["template"], score), distinct,
                   {"templates": templates, "accuracy": ens.acc1, "loss": ens.loss}, base_novel,
-                  [i for i in images if isinstance(i, dict)])
+                  [i for i in images if isinstance(i, dict) and isinstance(i.get("path"), str)
+                   and isinstance(i.get("description", ""), str)])
+
+
+def run_image_loading(config: dict) -> str:
+    """How the run decoded its images (config.json's `image_loading`, written since ipo
+    records it); a run from before: "reference" for a --dataset run, as ipo loaded those,
+    else "ipo". The report must load them the same way, or its numbers differ from the run's
+    and every embedding is computed again (the cache key names the loading)."""
+    from ipo_cli.data.folders import IMAGE_LOADINGS
+
+    saved = config.get("image_loading")
+    if isinstance(saved, str) and saved in IMAGE_LOADINGS:
+        return saved
+    request: dict = config["request"] if isinstance(config.get("request"), dict) else {}
+    saved = request.get("image_loading")
+    if isinstance(saved, str) and saved in IMAGE_LOADINGS:
+        return saved
+    return "reference" if request.get("dataset") else "ipo"
+
+
+def _run_classnames(run: Path, config: dict) -> list[str]:
+    """The training classes config.json names: a list of strings (a string would be read as
+    one class per character)."""
+    for key in ("train_classnames", "classnames"):
+        names = config.get(key)
+        if names is None:
+            continue
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise IpoError(f"{run}/config.json: {key!r} is {shown(names)}, not a list of class names",
+                           "restore config.json, or run the optimisation again")
+        return names
+    raise IpoError(f"{run}/config.json names no classes (no 'train_classnames')",
+                   "restore config.json, or run the optimisation again")
+
+
+def _check_scores(run: Path, scored: list[dict], n_classes: int) -> None:
+    """Every scored record the report draws: a per-class accuracy for each class, each a
+    finite number (the history's own check, run_folder.check_record, covers the rest)."""
+    for r in scored:
+        per_class = r.get("per_class")
+        where = f"the history of {run}: the prompt {shown(r.get('template'), 60)} of step {r.get('step')}"
+        if per_class is None:
+            raise IpoError(f"{where} has no 'per_class' accuracies, which the report's per-class changes need",
+                           "restore history.jsonl, or run the optimisation again")
+        if not (isinstance(per_class, list) and len(per_class) == n_classes
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in per_class)):
+            raise IpoError(f"{where} has 'per_class' {shown(per_class, 60)}, not {n_classes} finite accuracies "
+                           "(one per class)", "restore history.jsonl, or run the optimisation again")
+
+
+def _training_items(run: Path, config: dict, n_classes: int) -> list[Any]:
+    """The training images config.json's split names, those still on disk."""
+    from ipo_cli.data.folders import ImageItem
+
+    split = config.get("split")
+    train = split.get("train") if isinstance(split, dict) else None
+    if train is None:
+        return []
+    if not isinstance(train, list):
+        raise IpoError(f"{run}/config.json: the training split is {shown(train)}, not a list of [path, label]")
+    items = []
+    for n, entry in enumerate(train):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], int) and not isinstance(entry[1], bool) and 0 <= entry[1] < n_classes):
+            raise IpoError(f"{run}/config.json: training image {n} is {shown(entry)}, not [path, label] with a "
+                           f"label from 0 to {n_classes - 1}", "restore config.json, or run the optimisation again")
+        if Path(entry[0]).is_file():
+            items.append(ImageItem(Path(entry[0]), entry[1]))
+    return items
 
 
 def _distinct(scored: list[dict]) -> list[dict]:

@@ -349,25 +349,30 @@ class Captioner:
         return report
 
 
-def collect_images(images: Path, classes: Path | None = None):
-    """What `ipo describe` captions: a flat folder of images, or a folder of class folders.
+def collect_images(images: Path, classes: Path | None = None, split_part: str | None = None):
+    """What `ipo describe` captions: a flat folder of images, a folder of class folders, or
+    a CLIP_benchmark webdataset folder (`split_part`: its train split, else the first it has).
 
     Returns the paths, their class names (None in a flat folder) and the class names to
     redact (from --classes, or the class folders)."""
     from ipo_cli.data import folders as ds
+    from ipo_cli.gates.paths import check_path
 
-    images = Path(images)
-    if not images.is_dir():
-        raise IpoError(f"images folder {images} does not exist")
+    images = check_path(images, "images folder", must_exist=True, kind="dir")  # a file or a FIFO: said as such
     flat = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in ds.IMAGE_EXTENSIONS)
-    if flat:
-        classnames = ds.read_classes(classes) if classes else []
-        return flat, [None] * len(flat), classnames
     from ipo_cli.data import shards
 
+    is_shards = shards.is_shard_folder(images)
+    if split_part is not None and not is_shards:
+        raise IpoError(f"--split-part is for a webdataset folder (with SPLIT/nshards.txt); {images} is not one")
+    if flat and not is_shards:
+        classnames = ds.read_classes(classes) if classes else []
+        return flat, [None] * len(flat), classnames
     # a CLIP_benchmark webdataset folder: its train split, else the first it has (data/shards.py)
-    part = next((s for s in ("train", "val", "test") if (images / s / "nshards.txt").is_file()), "train")
-    data = ds.load_dataset(images, classes, split_part=part) if shards.is_shard_folder(images) \
+    part = split_part or next((s for s in ("train", "val", "test") if (images / s / "nshards.txt").is_file()), "train")
+    if split_part is not None and split_part not in ("train", "val", "test"):
+        raise IpoError(f"--split-part must be train, val or test, not {split_part!r}")
+    data = ds.load_dataset(images, classes, split_part=part) if is_shards \
         else ds.load_dataset(images, classes)
     return data.paths, [data.classnames[label] for label in data.labels], data.classnames
 

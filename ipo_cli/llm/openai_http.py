@@ -115,6 +115,9 @@ class OpenAIServerLLM:
                 raise IpoError(f"the server at {url} answered something that is not JSON: "
                                f"{http.scrub(repr(raw[:80]))} ({http.scrub(reason)})",
                                "is --llm-url the /v1 address of an OpenAI-compatible server?") from None
+        if isinstance(last, str) and last.startswith("HTTP "):  # it answered: it is running, and failing
+            raise IpoError(f"the model server at {url} answered {last} to each of {self.retries + 1} tries",
+                           "see the server's own log; it is reachable but fails on this request") from None
         raise IpoError(f"cannot reach the model server at {url} after {self.retries + 1} tries "
                        f"(deadline {self.timeout:.0f} s each): {self._scrub(str(last))}",
                        "start the server or check --llm-url") from None

@@ -55,6 +55,10 @@ def parse_list(text: str, what: str, convert=str) -> list:
         raise IpoError(f"{what} must be a comma-separated list, not {text!r}") from None
     if not items:
         raise IpoError(f"{what} names nothing")
+    if convert is int:  # seeds: the range --seed takes, said with the flag the user typed
+        for item in items:
+            if not 0 <= item <= 2**32 - 1:
+                raise IpoError(f"{what} holds {item}; each must be from 0 to {2**32 - 1}")
     return items
 
 

@@ -82,6 +82,9 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     placement.check()
     full, train, val = sampling.sample(request)
     held_out = sampling.held_out_set(request, full) if request.base_novel else None  # checked before any work
+    for data in (full, train, val, held_out):  # --image-loading over the source's own way
+        if data is not None and request.image_loading:
+            data.image_loading = request.image_loading
     if held_out is not None and [normalize_name(n) for n in held_out.classnames] != \
             [normalize_name(n) for n in full.classnames]:
         raise IpoError("--base-novel: the held-out images have other classes than the training images "
@@ -176,6 +179,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         "split": {name: [[str(p), int(label)] for p, label in zip(s.dataset.paths, s.labels)]
                   for name, s in (("train", train_set), ("val", val_set)) if s is not None},
         "descriptions": described_images,  # what the LLM was shown, per image (ipo report)
+        "image_loading": train.image_loading,  # how its images were decoded (ipo report decodes them so)
     }
     if resume:
         diffs = compare_settings(saved.get("models", {}), models)

@@ -73,6 +73,7 @@ class Request:
     data_root: Path | None = None
     baseline: str | None = None  # the hand-written template reports compare with (--baseline)
     fresh_sample: bool = False  # draw anew even when CoOp's cached sample file exists (data/coop_cache.py)
+    image_loading: str | None = None  # --image-loading; None: the source's own (data/folders.py load_image)
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:  # paths stay Path until config.json is written
@@ -95,6 +96,10 @@ class Request:
         for flag, url in (("--llm-url", self.llm_url), ("--lmm-url", self.lmm_url)):
             if url:
                 check_url(url, flag)
+        if self.image_loading is not None:
+            from ipo_cli.data.folders import check_image_loading
+
+            check_image_loading(self.image_loading)
         for name, (flag, low, high) in LIMITS.items():
             value = getattr(self, name)
             if value is None and name == "n_ctx":  # the model's own context
@@ -167,6 +172,7 @@ class Overrides:
     data_root: Path | None = None
     baseline: str | None = None
     fresh_sample: bool | None = None
+    image_loading: str | None = None
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}

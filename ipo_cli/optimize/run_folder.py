@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -206,6 +207,10 @@ def check_record(record: Any) -> str | None:
         value = record[name]
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
             return f"{name!r} is {str(value)[:40]!r}"
+        if isinstance(value, float) and not math.isfinite(value):  # json reads NaN and Infinity
+            return f"{name!r} is {value}, not a finite number"
+        if name in ("accuracy", "best_accuracy") and not 0 <= value <= 100:
+            return f"{name!r} is {value}, not a percentage from 0 to 100"
     return None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ipo_cli.cache import sha256_file
-from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.errors import IpoError, close_matches, shown
 from ipo_cli.gates import json_in, paths
 from ipo_cli.store.entries import HANDLERS, check_name, load_catalogue
 
@@ -124,16 +124,22 @@ def _manifest_problem(name: Any, entry: Any) -> str | None:
 
 
 def check_gguf(path: Path, what: str = "model file") -> None:
-    """A one-line error for a missing, truncated or non-GGUF file."""
-    path = Path(path)
-    if not path.is_file():
-        raise IpoError(f"{what} {path} does not exist")
+    """A one-line error for a missing, truncated or non-GGUF file: the file must reach the
+    end of the tensor data its own header describes (store/gguf_extent.py)."""
+    from ipo_cli.store import gguf_extent
+
+    path = paths.check_path(path, what, must_exist=True, kind="file")  # a folder or a FIFO: said as such
     with open(path, "rb") as fh:
         head = fh.read(4)
     if head != GGUF_MAGIC:
         raise IpoError(f"{what} {path} is not a GGUF file", "llama.cpp reads .gguf files; convert or re-download it")
-    if path.stat().st_size < 1024:
-        raise IpoError(f"{what} {path} is truncated ({path.stat().st_size} bytes)", "download it again")
+    try:
+        end, size = gguf_extent.data_end(path)
+    except gguf_extent.Malformed as exc:
+        raise IpoError(f"{what} {path} is truncated or damaged: {exc}", "download it again") from None
+    if size < end:
+        raise IpoError(f"{what} {path} is truncated: its header describes {end} bytes, the file has {size}",
+                       "download it again (or finish the download)")
 
 
 def add_model(name: str, file: Path, kind: str, mmproj: Path | None = None, handler: str | None = None,
@@ -198,10 +204,7 @@ def resolve(name_or_path: str, kind: str, mmproj: Path | None = None) -> LocalMo
         model = installed[name_or_path]
         if model.kind != kind:
             raise IpoError(f"model {name_or_path!r} is an {model.kind}, not an {kind}")
-        for role, record in model.files.items():
-            if not Path(record["path"]).is_file():
-                raise IpoError(f"the {role} file of {name_or_path!r} is missing: {record['path']}",
-                               f"run: ipo models pull {name_or_path}")
+        check_files(model)
         return model
     catalogue = load_catalogue()
     if name_or_path in catalogue:
@@ -211,6 +214,16 @@ def resolve(name_or_path: str, kind: str, mmproj: Path | None = None) -> LocalMo
         "see: ipo models list",
     )
 
+
+
+def check_files(model: LocalModel) -> None:
+    """Every file of an installed model still there; the fix named by where it came from
+    (a pulled model is pulled again, a file the user added is theirs to put back)."""
+    for role, record in model.files.items():
+        if not Path(record["path"]).is_file():
+            fix = f"run: ipo models pull {model.name}" if model.source == "catalogue" else \
+                f"put the file back, or register it again: ipo models add {model.name} --file FILE --kind {model.kind} --force"
+            raise IpoError(f"the {role} file of {model.name!r} is missing: {record['path']}", fix)
 
 
 def hf_cache_dir() -> Path:
@@ -228,8 +241,30 @@ def find_in_hf_cache(repo: str, revision: str, filename: str) -> Path | None:
     (models--ORG--NAME/snapshots/REVISION/FILE), for exactly this revision."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()), revision=revision)
+    # A hub listing names the file; one that leaves the repository (`..`, an absolute, drive
+    # or UNC path) is refused here in one line. huggingface_hub refuses it too, with a
+    # ValueError ("Invalid filename ...": huggingface_hub 2.4 src/huggingface_hub/_local_folder.py
+    # `_validate_relative_filename`, called first by file_download.py `try_to_load_from_cache`),
+    # which is mapped to one line as well.
+    if _leaves_repo(filename):
+        raise IpoError(f"the hub's file list of {repo}@{revision} names the file {shown(filename)}, "
+                       "a path that leaves the repository; ipo fetches no such file", "is HF_ENDPOINT a hub?")
+    try:
+        found = try_to_load_from_cache(repo, filename, cache_dir=str(hf_cache_dir()), revision=revision)
+    except ValueError as exc:
+        raise IpoError(f"the file {shown(filename)} of {repo}@{revision} cannot be looked up in your Hugging Face "
+                       f"cache: {shown(str(exc), 120)}", "is HF_ENDPOINT a hub?") from None
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+def _leaves_repo(filename: str) -> bool:
+    """A repository path with a `..` segment, or anchored under POSIX or Windows rules (`/x`,
+    `C:x`, `\\\\host\\x`): not a file of the repository (huggingface_hub's rule, cited above)."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not filename or ".." in filename.replace("\\", "/").split("/"):
+        return True
+    return any(p.drive or p.root for p in (PurePosixPath(filename), *(PureWindowsPath(x) for x in filename.split("/"))))
+
 
 def remove(name: str) -> LocalModel:
     """Forget a model; delete its files only when ipo downloaded them (never a file it
