@@ -65,7 +65,10 @@ def optimize_cmd(
     clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (default ViT-B-16:openai), as for ipo eval.", rich_help_panel=CLIP)] = None,
     clip_weights: ClipWeightsOpt = None,
     task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".', rich_help_panel=LOOP)] = None,
-    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.", rich_help_panel=LOOP)] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample (from the --pool).", rich_help_panel=LOOP)] = None,
+    feedback: Annotated[Optional[str], typer.Option("--feedback", help="none, or confusions: after the history, the classes the best prompt confuses on the training images and descriptions of some misclassified ones (gain unmeasured with real weights: compare with ipo bench --strategies ipo,feedback).", rich_help_panel=LOOP)] = None,
+    history_order: Annotated[Optional[str], typer.Option("--history-order", help="best (IPO: the --history best prompts) or contrastive (the best half and the worst half, each marked).", rich_help_panel=LOOP)] = None,
+    pool: Annotated[Optional[str], typer.Option("--pool", help="Prompts kept for the history and the final choice: best (all) or pareto (those no other prompt beats on every class; prompts.json lists them, so ipo eval scores their ensemble).", rich_help_panel=LOOP)] = None,
     test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).", rich_help_panel=DATA)] = None,
     allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.", rich_help_panel=DATA)] = None,
     dataset: DatasetOpt = None,
@@ -94,7 +97,8 @@ def optimize_cmd(
         max_tokens=max_tokens, task_hint=task_hint, select=select, llm=llm, llm_url=llm_url, llm_model=llm_model,
         n_ctx=n_ctx, lmm=lmm, mmproj=mmproj, handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
         clip_weights=clip_weights, test_images=test_images, allow_outside_root=allow_outside_root,
-        dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample)
+        dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample,
+        feedback=feedback, history_order=history_order, pool=pool)
     placement = Placement(device=device, gpu_layers=gpu_layers, parallel=parallel, cache_dir=cache_dir, offline=offline)
     saved = None
     if resume is not None:
