@@ -291,3 +291,66 @@ def test_paired_bootstrap_over_cells_matches_one_cell_and_averages():
     delta, low, high = paired_bootstrap_cells([cell, same], 500, 7)
     assert delta == pytest.approx(paired_bootstrap(None, None, 500, 7, groups=cell)[0] / 2)
     assert low <= delta <= high
+
+
+def test_bench_runs_each_strategy_on_the_same_cells_and_compares_with_ipo(tmp_path, tiny_config, tiny_checkpoint):
+    from test_presets import coop_split_dataset
+
+    from ipo_cli.clip.scoring import harmonic_mean
+
+    data = coop_split_dataset(tmp_path / "data", "DTD", ["banded", "blotchy", "braided", "bubbly"])
+    out = tmp_path / "bench"
+
+    def reply(messages, seed):  # another prompt when the feedback is shown: the strategies differ
+        word = "detailed " if strategies.FEEDBACK_HEADER in messages[-1]["content"] else ""
+        return f"<INS>a {word}photo number {seed % 97} of a <CLASS>.</INS>"
+
+    llm = ScriptedLLM(reply=reply)
+    args = ["bench", "--data-root", data, "--datasets", "DTD", "--seeds", "1,2", "--steps", "2", "--candidates", "2",
+            "--lmm", "none", "--llm", "scripted:x", "--clip", tiny_config, "--clip-weights", tiny_checkpoint,
+            "--out", out, "--strategies", "feedback,pareto", "--json"]
+    with scripted(llm):
+        result = run_ipo(*args)
+        assert result.returncode == 0, result.stderr
+        table = json.loads((out / "table.json").read_text())
+        assert list(table["strategies"]) == ["ipo", "feedback", "pareto"]  # plain IPO is always the reference
+        for seed in (1, 2):
+            folders = {name: out / "DTD" / (f"seed{seed}" if name == "ipo" else f"seed{seed}-{name}")
+                       for name in ("ipo", "feedback", "pareto")}
+            configs = {n: json.loads((f / "config.json").read_text()) for n, f in folders.items()}
+            assert configs["feedback"]["request"]["feedback"] == "confusions"
+            assert configs["pareto"]["request"]["pool"] == "pareto" and configs["ipo"]["request"]["pool"] == "best"
+            assert len({json.dumps(c["split"]) for c in configs.values()}) == 1  # the same sample
+            summaries = {n: json.loads((f / "summary.json").read_text()) for n, f in folders.items()}
+            compared = json.loads((out / "DTD" / f"seed{seed}-compare.json").read_text())
+            for name, s in summaries.items():
+                assert compared["templates"][name] == s["best"]["template"]
+                for part, key in (("base", "base"), ("novel", "novel")):
+                    hits = compared["correct"][name][part]
+                    assert 100 * hits.count("1") / len(hits) == pytest.approx(s["base_novel"]["best"][key])
+        row = table["strategies"]["feedback"]["datasets"]["DTD"]
+        deltas = []
+        for seed in (1, 2):
+            h = {n: json.loads((out / "DTD" / (f"seed{seed}" if n == "ipo" else f"seed{seed}-{n}") / "summary.json")
+                               .read_text())["base_novel"]["best"] for n in ("ipo", "feedback")}
+            deltas.append(harmonic_mean(h["feedback"]["base"], h["feedback"]["novel"])
+                          - harmonic_mean(h["ipo"]["base"], h["ipo"]["novel"]))
+        vs = row["vs_ipo"]
+        assert vs["cells"] == 2 and vs["H_delta"] == pytest.approx(sum(deltas) / 2)
+        assert vs["low"] <= vs["H_delta"] <= vs["high"]
+        assert table["strategies"]["feedback"]["average"]["vs_ipo"]["H_delta"] == pytest.approx(vs["H_delta"])
+        markdown = (out / "table.md").read_text()
+        assert "## Strategies against plain IPO" in markdown and "| feedback | DTD | 2 |" in markdown
+        # the run's report shows the feedback the LLM saw, step by step
+        report = json.loads((out / "DTD" / "seed1-feedback" / "report" / "report.json").read_text())
+        assert [f["step"] for f in report["feedback"]] == [1, 2]
+        assert "images taken for" in report["feedback"][0]["text"] or "correctly" in report["feedback"][0]["text"]
+        assert "Feedback the LLM saw" in (out / "DTD" / "seed1-feedback" / "report" / "report.html").read_text()
+        assert json.loads((out / "DTD" / "seed1" / "report" / "report.json").read_text())["feedback"] == []
+        before = (out / "DTD" / "seed1-compare.json").stat().st_mtime
+        calls = len(llm.history)
+        again = run_ipo(*args)
+        assert again.returncode == 0, again.stderr
+        assert len(llm.history) == calls and (out / "DTD" / "seed1-compare.json").stat().st_mtime == before
+        unknown = run_ipo(*args[:-3], "--strategies", "ipo,magic")
+        assert unknown.returncode == 2 and "unknown strategy 'magic'" in unknown.stderr

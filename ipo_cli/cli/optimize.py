@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -140,6 +141,7 @@ def bench_cmd(
     lmm_model: LmmModelOpt = None,
     clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (paper: ViT-B-16:openai).", rich_help_panel=CLIP)] = None,
     clip_weights: ClipWeightsOpt = None,
+    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategies, each run on the same cells: ipo (plain IPO), feedback (--feedback confusions), contrastive (--history-order contrastive), pareto (--pool pareto); join with + to combine (feedback+pareto). The table adds each one's B/N/H and its H minus plain IPO's with a paired bootstrap interval.", rich_help_panel=LOOP)] = "ipo",
     device: DeviceOpt = "auto",
     gpu_layers: GpuLayersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -157,12 +159,16 @@ def bench_cmd(
                       llm_model=llm_model, lmm=lmm, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
                       clip_weights=clip_weights)
     placement = Placement(device=device, gpu_layers=gpu_layers, cache_dir=cache_dir)
-    cells = bench.cells(out_dir, names, seed_list)
+    strategy_list = bench.parse_list(strategies, "--strategies")
+    if bench.PLAIN not in strategy_list:
+        strategy_list.insert(0, bench.PLAIN)  # the reference every other strategy is compared with
+    cells = bench.cells(out_dir, names, seed_list, strategy_list)
     sweep = bench.plan(cells, given, budget)
     if not as_json:
         from rich.text import Text
 
-        err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s) = "
+        err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s)"
+                                f"{f' x {len(strategy_list)} strategies' if len(strategy_list) > 1 else ''} = "
                                 f"{sweep['runs']} runs ({sweep['finished']} finished), up to {sweep['llm_calls_max']} "
                                 f"LLM calls and {sweep['captions_max']} image descriptions to go; folder {out_dir}"))
 
@@ -175,6 +181,8 @@ def bench_cmd(
 
     try:
         bench.run_cells(cells, given, budget, run_one)
+        with status("scoring each strategy's prompt on the held-out images") if not as_json else contextlib.nullcontext():
+            bench.compare(cells, placement)
     finally:
         result = bench.finish(out_dir, cells, shots)
     show({"plan": sweep, **result}, as_json, lambda _: out.print(bench.markdown(result)))

@@ -64,6 +64,7 @@ class Report:
     ensemble: dict  # {templates, accuracy, loss}
     base_novel: dict | None
     images: list[dict] = field(default_factory=list)  # {path, description}
+    feedback: list[dict] = field(default_factory=list)  # {step, text}: what --feedback showed the LLM
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,7 +74,7 @@ class Report:
             "confusions": self.confusions,
             "attribution": [a.__dict__ for a in self.attribution],
             "top_prompts": self.top_prompts, "ensemble": self.ensemble, "base_novel": self.base_novel,
-            "images": self.images,
+            "images": self.images, "feedback": self.feedback,
         }
 
 
@@ -198,7 +199,21 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
     return Report(str(run), steps, scored, best, baseline, classnames, per_class, confusions,
                   attribute(best["template"], score), distinct,
                   {"templates": templates, "accuracy": ens.acc1, "loss": ens.loss}, base_novel,
-                  [i for i in images if isinstance(i, dict)])
+                  [i for i in images if isinstance(i, dict)], feedback_seen(Path(run)))
+
+
+def feedback_seen(run: Path) -> list[dict]:
+    """The feedback section of each step's saved meta-prompt (--feedback; none otherwise)."""
+    from ipo_cli.optimize.strategies import feedback_shown
+
+    out = []
+    for path in sorted((Path(run) / "meta_prompts").glob("step_*.txt")):
+        if not path.stem.split("_")[-1].isdigit():
+            continue
+        text = feedback_shown(path.read_text(encoding="utf-8", errors="replace"))
+        if text:
+            out.append({"step": int(path.stem.split("_")[-1]), "text": text})
+    return out
 
 
 def _distinct(scored: list[dict]) -> list[dict]:
@@ -348,6 +363,7 @@ def to_html(report: Report, pngs: dict[str, bytes]) -> str:
                     [[p["template"], f"{p['accuracy']:.2f}", f"{p['loss']:.4f}"] for p in report.top_prompts]
                     + [[f"ensemble of these {len(report.ensemble['templates'])}", f"{report.ensemble['accuracy']:.2f}",
                         f"{report.ensemble['loss']:.4f}"]]),
+              *_feedback_html(report),
               "<h2>The images the loop saw</h2><div class='imgs'>"]
     for item in report.images:
         src = _thumbnail(item.get("path", ""))
@@ -355,6 +371,15 @@ def to_html(report: Report, pngs: dict[str, bytes]) -> str:
         parts.append(f"<div>{thumb}<br>{e(Path(item.get('path', '')).name)}<br>{e(item.get('description', ''))}</div>")
     parts.append("</div></body></html>")
     return "\n".join(parts)
+
+
+def _feedback_html(report: Report) -> list[str]:
+    """The feedback the LLM saw at each step (--feedback), as it was written into the meta-prompt."""
+    if not report.feedback:
+        return []
+    rows = "".join(f"<tr><td>{item['step']}</td><td><pre style='white-space:pre-wrap;margin:0'>"
+                   f"{html_text(item['text'])}</pre></td></tr>" for item in report.feedback)
+    return ["<h2>Feedback the LLM saw</h2>", f"<table><tr><th>step</th><th>feedback</th></tr>{rows}</table>"]
 
 
 def write(report: Report, out: Path) -> list[Path]:
