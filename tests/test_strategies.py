@@ -270,6 +270,12 @@ def test_a_run_saves_its_strategy_and_resume_refuses_another(tmp_path, fashion_t
         assert config["request"]["feedback"] == "confusions" and config["request"]["pool"] == "pareto"
         assert json.loads(first.stdout)["plan"]["feedback_tokens"] > 0
         assert strategies.FEEDBACK_HEADER in llm.history[0]["messages"][-1]["content"]
+        document = json.loads((out / "prompts.json").read_text())  # the frontier, which ipo eval also ensembles
+        scored = [r for r in map(json.loads, (out / "history.jsonl").read_text().splitlines())
+                  if r["type"] == "candidate" and r["valid"]]
+        assert document["meta"]["pool"] == "pareto"
+        assert len(scored) <= 5  # so the frontier fits prompts.json's top 10 whole
+        assert {p["template"] for p in document["prompts"]} == {r["template"] for r in strategies.pareto_frontier(scored)}
         other = run_ipo("optimize", "--resume", out, "--feedback", "none")
         assert other.returncode == 2
         assert "different settings (feedback: 'confusions' in the run, 'none' now)" in other.stderr
