@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -66,7 +67,10 @@ def optimize_cmd(
     clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (default ViT-B-16:openai), as for ipo eval.", rich_help_panel=CLIP)] = None,
     clip_weights: ClipWeightsOpt = None,
     task_hint: Annotated[Optional[str], typer.Option("--task-hint", help='Names the domain in the meta-prompt, e.g. "photos of pets".', rich_help_panel=LOOP)] = None,
-    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample.", rich_help_panel=LOOP)] = None,
+    select: Annotated[Optional[str], typer.Option("--select", help="Pick the final prompt on the train sample or a separate val sample (from the --pool).", rich_help_panel=LOOP)] = None,
+    feedback: Annotated[Optional[str], typer.Option("--feedback", help="none, or confusions: after the history, the classes the best prompt confuses on the training images and descriptions of some misclassified ones (gain unmeasured with real weights: compare with ipo bench --strategies ipo,feedback).", rich_help_panel=LOOP)] = None,
+    history_order: Annotated[Optional[str], typer.Option("--history-order", help="best (IPO: the --history best prompts) or contrastive (the best half and the worst half, each marked).", rich_help_panel=LOOP)] = None,
+    pool: Annotated[Optional[str], typer.Option("--pool", help="Prompts kept for the history and the final choice: best (all) or pareto (those no other prompt beats on every class; prompts.json lists them, so ipo eval scores their ensemble).", rich_help_panel=LOOP)] = None,
     test_images: Annotated[Optional[Path], typer.Option("--test-images", help="Held-out images for --base-novel (default: the split file's test part).", rich_help_panel=DATA)] = None,
     allow_outside_root: Annotated[Optional[bool], typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder.", rich_help_panel=DATA)] = None,
     dataset: DatasetOpt = None,
@@ -97,7 +101,7 @@ def optimize_cmd(
         n_ctx=n_ctx, lmm=lmm, mmproj=mmproj, handler=handler, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
         clip_weights=clip_weights, test_images=test_images, allow_outside_root=allow_outside_root,
         dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample,
-        image_loading=image_loading)
+        image_loading=image_loading, feedback=feedback, history_order=history_order, pool=pool)
     placement = Placement(device=device, gpu_layers=gpu_layers, parallel=parallel, cache_dir=cache_dir, offline=offline)
     saved = None
     if resume is not None:
@@ -139,6 +143,7 @@ def bench_cmd(
     lmm_model: LmmModelOpt = None,
     clip: Annotated[Optional[str], typer.Option("--clip", help="open_clip model (paper: ViT-B-16:openai).", rich_help_panel=CLIP)] = None,
     clip_weights: ClipWeightsOpt = None,
+    strategies: Annotated[str, typer.Option("--strategies", help="Comma-separated strategies, each run on the same cells: ipo (plain IPO), feedback (--feedback confusions), contrastive (--history-order contrastive), pareto (--pool pareto); join with + to combine (feedback+pareto). The table adds each one's B/N/H and its H minus plain IPO's with a paired bootstrap interval.", rich_help_panel=LOOP)] = "ipo",
     device: DeviceOpt = "auto",
     gpu_layers: GpuLayersOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -156,12 +161,16 @@ def bench_cmd(
                       llm_model=llm_model, lmm=lmm, lmm_url=lmm_url, lmm_model=lmm_model, clip=clip,
                       clip_weights=clip_weights)
     placement = Placement(device=device, gpu_layers=gpu_layers, cache_dir=cache_dir)
-    cells = bench.cells(out_dir, names, seed_list)
+    strategy_list = bench.parse_list(strategies, "--strategies")
+    if bench.PLAIN not in strategy_list:
+        strategy_list.insert(0, bench.PLAIN)  # the reference every other strategy is compared with
+    cells = bench.cells(out_dir, names, seed_list, strategy_list)
     sweep = bench.plan(cells, given, budget)
     if not as_json:
         from rich.text import Text
 
-        err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s) = "
+        err.print(Text.assemble(("bench", "bold"), f": {len(names)} dataset(s) x {len(seed_list)} seed(s)"
+                                f"{f' x {len(strategy_list)} strategies' if len(strategy_list) > 1 else ''} = "
                                 f"{sweep['runs']} runs ({sweep['finished']} finished), up to {sweep['llm_calls_max']} "
                                 f"LLM calls and {sweep['captions_max']} image descriptions to go; folder {out_dir}"))
 
@@ -174,6 +183,8 @@ def bench_cmd(
 
     try:
         bench.run_cells(cells, given, budget, run_one)
+        with status("scoring each strategy's prompt on the held-out images") if not as_json else contextlib.nullcontext():
+            bench.compare(cells, placement)
     finally:
         result = bench.finish(out_dir, cells, shots)
     show({"plan": sweep, **result}, as_json, lambda _: out.print(bench.markdown(result)))

@@ -145,6 +145,20 @@ def score_embeddings(
     )
 
 
+def predict_embeddings(image_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
+    """The class each image is given: the argmax of its similarities, an exact tie going to
+    the lowest class index (np.argmax), the same rule `score_embeddings` counts a hit by."""
+    return np.argmax(image_emb @ text_emb.T, axis=1).astype(np.int64)
+
+
+def confusion_counts(labels: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray,
+                     n_classes: int) -> np.ndarray:
+    """(C, C) counts: row = true class, column = predicted class."""
+    out = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(out, (np.asarray(labels, dtype=np.int64), np.asarray(predicted, dtype=np.int64)), 1)
+    return out
+
+
 def score_prompt(
     encoder: TextEncoder,
     prompt: Prompt,
@@ -181,18 +195,38 @@ def paired_bootstrap(
         idx = rng.integers(0, len(a), size=(n_boot, len(a)))
         boots = (a[idx].mean(axis=1) - b[idx].mean(axis=1)) * 100
     else:
-        def stat(accs):
-            (ba, bb), (na, nb) = accs
-            return harmonic_mean(ba, na) - harmonic_mean(bb, nb)
-
-        delta = stat([(g[0].mean() * 100, g[1].mean() * 100) for g in groups])
-        samples = []
-        for ga, gb in groups:
-            idx = rng.integers(0, len(ga), size=(n_boot, len(ga)))
-            samples.append((ga[idx].mean(axis=1) * 100, gb[idx].mean(axis=1) * 100))
-        (ba, bb), (na, nb) = samples
-        ha = np.where(ba + na > 0, 2 * ba * na / np.maximum(ba + na, 1e-12), 0)
-        hb = np.where(bb + nb > 0, 2 * bb * nb / np.maximum(bb + nb, 1e-12), 0)
-        boots = ha - hb
+        delta, boots = _h_delta_boots(groups, rng, n_boot)
     low, high = np.percentile(boots, [2.5, 97.5])
     return float(delta), float(low), float(high)
+
+
+def _h_delta_boots(groups: Sequence[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator,
+                   n_boot: int) -> tuple[float, np.ndarray]:
+    """The difference of harmonic means (a over b) of one cell's base and novel groups, and
+    its `n_boot` resampled values (each group resampled on its own, pairs kept)."""
+    (ba0, bb0), (na0, nb0) = [(g[0].mean() * 100, g[1].mean() * 100) for g in groups]
+    delta = harmonic_mean(ba0, na0) - harmonic_mean(bb0, nb0)
+    samples = []
+    for ga, gb in groups:
+        idx = rng.integers(0, len(ga), size=(n_boot, len(ga)))
+        samples.append((ga[idx].mean(axis=1) * 100, gb[idx].mean(axis=1) * 100))
+    (ba, bb), (na, nb) = samples
+    ha = np.where(ba + na > 0, 2 * ba * na / np.maximum(ba + na, 1e-12), 0)
+    hb = np.where(bb + nb > 0, 2 * bb * nb / np.maximum(bb + nb, 1e-12), 0)
+    return float(delta), ha - hb
+
+
+def paired_bootstrap_cells(
+    cells: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The mean over cells (datasets x seeds) of the difference in H of a over b, with a 95%
+    interval: every cell's base and novel images are resampled on their own, in the same
+    draw, so the interval reflects the images of every cell at once. One cell gives exactly
+    `paired_bootstrap(None, None, n_boot, seed, groups=cell)`."""
+    if not cells:
+        raise ValueError("paired_bootstrap_cells needs at least one cell")
+    rng = np.random.default_rng(seed)
+    deltas, boots = zip(*(_h_delta_boots(groups, rng, n_boot) for groups in cells))
+    mean_boots = np.mean(np.stack(boots), axis=0)
+    low, high = np.percentile(mean_boots, [2.5, 97.5])
+    return float(np.mean(deltas)), float(low), float(high)

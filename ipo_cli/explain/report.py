@@ -65,6 +65,7 @@ class Report:
     ensemble: dict  # {templates, accuracy, loss}
     base_novel: dict | None
     images: list[dict] = field(default_factory=list)  # {path, description}
+    feedback: list[dict] = field(default_factory=list)  # {step, text}: what --feedback showed the LLM
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,7 +75,7 @@ class Report:
             "confusions": self.confusions,
             "attribution": [a.__dict__ for a in self.attribution],
             "top_prompts": self.top_prompts, "ensemble": self.ensemble, "base_novel": self.base_novel,
-            "images": self.images,
+            "images": self.images, "feedback": self.feedback,
         }
 
 
@@ -206,7 +207,8 @@ def build(run: Path, cache_dir: Path | None = None, device: str = "auto", clip=N
                   attribute(best["template"], score), distinct,
                   {"templates": templates, "accuracy": ens.acc1, "loss": ens.loss}, base_novel,
                   [i for i in images if isinstance(i, dict) and isinstance(i.get("path"), str)
-                   and isinstance(i.get("description", ""), str)])
+                   and isinstance(i.get("description", ""), str)],
+                  feedback_seen(Path(run)))
 
 
 def run_image_loading(config: dict) -> str:
@@ -275,6 +277,20 @@ def _training_items(run: Path, config: dict, n_classes: int) -> list[Any]:
         if Path(entry[0]).is_file():
             items.append(ImageItem(Path(entry[0]), entry[1]))
     return items
+
+
+def feedback_seen(run: Path) -> list[dict]:
+    """The feedback section of each step's saved meta-prompt (--feedback; none otherwise)."""
+    from ipo_cli.optimize.strategies import feedback_shown
+
+    out = []
+    for path in sorted((Path(run) / "meta_prompts").glob("step_*.txt")):
+        if not path.stem.split("_")[-1].isdigit():
+            continue
+        text = feedback_shown(path.read_text(encoding="utf-8", errors="replace"))
+        if text:
+            out.append({"step": int(path.stem.split("_")[-1]), "text": text})
+    return out
 
 
 def _distinct(scored: list[dict]) -> list[dict]:
@@ -424,6 +440,7 @@ def to_html(report: Report, pngs: dict[str, bytes]) -> str:
                     [[p["template"], f"{p['accuracy']:.2f}", f"{p['loss']:.4f}"] for p in report.top_prompts]
                     + [[f"ensemble of these {len(report.ensemble['templates'])}", f"{report.ensemble['accuracy']:.2f}",
                         f"{report.ensemble['loss']:.4f}"]]),
+              *_feedback_html(report),
               "<h2>The images the loop saw</h2><div class='imgs'>"]
     for item in report.images:
         src = _thumbnail(item.get("path", ""))
@@ -431,6 +448,15 @@ def to_html(report: Report, pngs: dict[str, bytes]) -> str:
         parts.append(f"<div>{thumb}<br>{e(Path(item.get('path', '')).name)}<br>{e(item.get('description', ''))}</div>")
     parts.append("</div></body></html>")
     return "\n".join(parts)
+
+
+def _feedback_html(report: Report) -> list[str]:
+    """The feedback the LLM saw at each step (--feedback), as it was written into the meta-prompt."""
+    if not report.feedback:
+        return []
+    rows = "".join(f"<tr><td>{item['step']}</td><td><pre style='white-space:pre-wrap;margin:0'>"
+                   f"{html_text(item['text'])}</pre></td></tr>" for item in report.feedback)
+    return ["<h2>Feedback the LLM saw</h2>", f"<table><tr><th>step</th><th>feedback</th></tr>{rows}</table>"]
 
 
 def write(report: Report, out: Path) -> list[Path]:

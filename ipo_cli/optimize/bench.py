@@ -7,20 +7,33 @@ sweep can be stopped and started again at any point. At the end `table.md` and
 `table.json` give, per dataset and on average, base (B), novel (N) and harmonic mean (H)
 accuracy of the hand-written CLIP template CoOp uses for the dataset and of IPO's prompt,
 as the mean and spread over seeds, with the paper's published averages beside them.
+
+With `--strategies ipo,feedback,...` (optimize/strategies.py, PRESETS) every strategy runs on
+the same cells (same datasets, seeds, few-shot samples, LLM seeds); plain IPO stays in
+`seed<S>/`, another strategy in `seed<S>-<strategy>/`. Once all are done, each strategy's
+prompt and plain IPO's are scored on the same held-out images (`seed<S>-compare.json`:
+which images each gets right), and the table adds B/N/H per strategy with the paired
+bootstrap interval of its H minus plain IPO's (clip/scoring.py, paired_bootstrap_cells).
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import json_in
-from ipo_cli.optimize.request import Overrides, Request, make_request
+from ipo_cli.optimize import strategies
+from ipo_cli.optimize.request import Overrides, Placement, Request, make_request
+
+if TYPE_CHECKING:
+    import numpy as np
+
+PLAIN = "ipo"  # the strategy every other one is compared with
 
 # The IPO paper (NeurIPS 2024), average over the 11 datasets, ViT-B/16 (shared/IPO_METHOD.md).
 PAPER = {
@@ -34,6 +47,7 @@ class Cell:
     dataset: str
     seed: int
     folder: Path
+    strategy: str = "ipo"  # a name of strategies.PRESETS, or several joined with '+'
 
     @property
     def finished(self) -> bool:
@@ -62,13 +76,21 @@ def parse_list(text: str, what: str, convert=str) -> list:
     return items
 
 
-def cells(out: Path, datasets: list[str], seeds: list[int]) -> list[Cell]:
-    return [Cell(d, s, Path(out) / d / f"seed{s}") for d in datasets for s in seeds]
+def cells(out: Path, datasets: list[str], seeds: list[int], strategies_: Sequence[str] = (PLAIN,)) -> list[Cell]:
+    """One cell per dataset, seed and strategy; the strategies of a dataset and seed side by side."""
+    for name in strategies_:
+        strategies.preset(name)  # an unknown name is refused before any work
+    return [Cell(d, s, Path(out) / d / (f"seed{s}" if name == PLAIN else f"seed{s}-{name}"), name)
+            for d in datasets for s in seeds for name in dict.fromkeys(strategies_)]
 
 
 def cell_request(cell: Cell, given: Overrides, budget: str | None) -> Request:
-    """The request of one cell: the bench's settings for this dataset and seed, base-to-novel."""
-    return make_request(replace(given, dataset=cell.dataset, seed=cell.seed, base_novel=True), budget)
+    """The request of one cell: the bench's settings for this dataset and seed, base-to-novel,
+    with the cell's strategy."""
+    chosen = strategies.preset(cell.strategy)
+    return make_request(replace(given, dataset=cell.dataset, seed=cell.seed, base_novel=True,
+                                feedback=chosen.get("feedback"), history_order=chosen.get("history_order"),
+                                pool=chosen.get("pool")), budget)
 
 
 def plan(cells_: list[Cell], given: Overrides, budget: str | None) -> dict:
@@ -111,6 +133,8 @@ def table(cells_: list[Cell], shots: int) -> dict[str, Any]:
     standard deviation over the seeds that finished."""
     rows: dict[str, dict[str, Any]] = {}
     for cell in cells_:
+        if cell.strategy != PLAIN:
+            continue
         summary = cell.summary()
         if not summary or "base_novel" not in summary:
             continue
@@ -133,7 +157,178 @@ def table(cells_: list[Cell], shots: int) -> dict[str, Any]:
         out["average"] = {m: _stats([tuple(statistics.fmean(v[i] for v in r[m]) for i in range(3))
                                      for r in rows.values()]) for m in ("CLIP", "IPO")}
         out["average"]["datasets"] = len(rows)
+    if any(c.strategy != PLAIN for c in cells_):
+        out["strategies"] = strategy_table(cells_)
     return out
+
+
+# ---- strategies against plain IPO, on the same held-out images ------------------------------
+def compare_path(cell: Cell) -> Path:
+    return cell.folder.parent / f"seed{cell.seed}-compare.json"
+
+
+def _groups(cells_: list[Cell]) -> dict[tuple[str, int], dict[str, Cell]]:
+    out: dict[tuple[str, int], dict[str, Cell]] = {}
+    for cell in cells_:
+        out.setdefault((cell.dataset, cell.seed), {})[cell.strategy] = cell
+    return out
+
+
+def _templates(group: dict[str, Cell]) -> dict[str, str]:
+    """The final prompt of each finished strategy of one dataset and seed."""
+    out = {}
+    for name, cell in group.items():
+        summary = cell.summary()
+        if summary and "base_novel" in summary:
+            out[name] = summary["best"]["template"]
+    return out
+
+
+def compare(cells_: list[Cell], placement: Placement) -> list[Path]:
+    """For each dataset and seed where plain IPO and another strategy have finished: which
+    held-out base and novel images each final prompt gets right, written once (again only
+    when a prompt changed). CLIP is loaded once per model; the images' embeddings come from
+    the cache the runs filled."""
+    written = []
+    models: dict[str, Any] = {}
+    for group in _groups(cells_).values():
+        templates = _templates(group)
+        if PLAIN not in templates or len(templates) < 2:
+            continue
+        path = compare_path(group[PLAIN])
+        try:
+            old = json_in.read_json(path, "bench comparison")
+        except IpoError:
+            old = None
+        if isinstance(old, dict) and old.get("templates") == templates:
+            continue
+        config = json_in.object_at(json_in.read_json(group[PLAIN].folder / "config.json", "run config"), "run config")
+        saved = config.get("request", {})
+        request = make_request(Overrides(), None, saved)
+        right = correct_images(request, templates, placement, models)
+        path.write_text(json.dumps({"templates": templates, "correct": right}) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def correct_images(request: Request, templates: dict[str, str], placement: Placement,
+                   models: dict[str, Any] | None = None) -> dict[str, dict[str, str]]:
+    """Per prompt, its hits on the run's held-out base and novel images ('1' right, '0'
+    wrong, in image order): the images and the split that `ipo optimize --base-novel` scored
+    (optimize/job.py), so the means are its B and N."""
+    from ipo_cli import cache
+    from ipo_cli.clip import evaluate
+    from ipo_cli.clip.model import load_clip
+    from ipo_cli.clip.scoring import Prompt, score_prompt
+    from ipo_cli.clip.spec import parse_clip
+    from ipo_cli.data import sampling
+    from ipo_cli.data.folders import base_novel_labels
+
+    models = {} if models is None else models
+    spec = parse_clip(request.clip, request.clip_weights)
+    if spec.identity not in models:
+        models[spec.identity] = load_clip(spec, placement.device)
+    clip = models[spec.identity]
+    store = cache.Store(cache.cache_root(placement.cache_dir), "embeddings")
+    clip.remember(store)
+    full, _, _ = sampling.sample(request)
+    test = evaluate.embed_dataset(clip, sampling.held_out_set(request, full), store)
+    base_l, novel_l = base_novel_labels(len(test.dataset.classnames))
+    parts = {"base": test.subset(base_l), "novel": test.subset(novel_l)}
+    out: dict[str, dict[str, str]] = {}
+    for name, template in templates.items():
+        out[name] = {}
+        for part, data in parts.items():
+            hit = score_prompt(clip, Prompt(template, [template]), data.dataset.classnames, data.embeddings,
+                               data.labels).correct
+            out[name][part] = "".join("1" if h else "0" for h in hit)
+    return out
+
+
+def _bits(text: Any) -> np.ndarray:
+    import numpy as np
+
+    if not isinstance(text, str) or set(text) - {"0", "1"}:
+        raise IpoError("a bench comparison file is damaged", "delete the seed*-compare.json files and run ipo bench again")
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def strategy_table(cells_: list[Cell], n_boot: int = 2000) -> dict[str, Any]:
+    """Per strategy, per dataset and over all: B, N, H (mean and spread over seeds), and H
+    minus plain IPO's with a 95% paired bootstrap interval over the held-out images of every
+    seed (and dataset) where both finished."""
+    from ipo_cli.clip.scoring import paired_bootstrap_cells
+
+    names = list(dict.fromkeys(c.strategy for c in cells_))
+    found: dict[str, dict[str, Any]] = {n: {"datasets": {}} for n in names}
+    pairs: dict[str, dict[str, list]] = {n: {} for n in names}
+    for (dataset, seed), group in _groups(cells_).items():
+        comparison: dict = {}
+        if PLAIN in group:
+            try:
+                read = json_in.read_json(compare_path(group[PLAIN]), "bench comparison")
+                comparison = read if isinstance(read, dict) else {}
+            except IpoError:
+                pass
+        for name, cell in group.items():
+            summary = cell.summary()
+            if not summary or "base_novel" not in summary:
+                continue
+            bn = summary["base_novel"]["best"]
+            row = found[name]["datasets"].setdefault(dataset, {"seeds": [], "values": [], "prompts": []})
+            row["seeds"].append(seed)
+            row["values"].append((bn["base"], bn["novel"], bn["hm"]))
+            row["prompts"].append(summary["best"]["template"])
+            right = comparison.get("correct") or {}
+            if name != PLAIN and name in right and PLAIN in right \
+                    and comparison.get("templates", {}).get(name) == summary["best"]["template"]:
+                pairs[name].setdefault(dataset, []).append(
+                    [(_bits(right[name][k]), _bits(right[PLAIN][k])) for k in ("base", "novel")])
+    out: dict[str, Any] = {}
+    for name in names:
+        datasets = found[name]["datasets"]
+        entry: dict[str, Any] = {"datasets": {}}
+        for dataset, row in datasets.items():
+            entry["datasets"][dataset] = {"seeds": row["seeds"], "prompts": row["prompts"], **_stats(row["values"])}
+            if pairs[name].get(dataset):
+                entry["datasets"][dataset]["vs_ipo"] = _delta(paired_bootstrap_cells(pairs[name][dataset], n_boot),
+                                                              len(pairs[name][dataset]))
+        if datasets:
+            entry["average"] = {**_stats([tuple(statistics.fmean(v[i] for v in r["values"]) for i in range(3))
+                                          for r in datasets.values()]), "datasets": len(datasets)}
+            every = [c for cells_of in pairs[name].values() for c in cells_of]
+            if every:
+                entry["average"]["vs_ipo"] = _delta(paired_bootstrap_cells(every, n_boot), len(every))
+        out[name] = entry
+    return out
+
+
+def _delta(result: tuple[float, float, float], cells_used: int) -> dict[str, Any]:
+    delta, low, high = result
+    return {"H_delta": delta, "low": low, "high": high, "cells": cells_used}
+
+
+def strategy_markdown(found: dict[str, Any]) -> list[str]:
+    lines = ["", "## Strategies against plain IPO", "",
+             "Mean ± standard deviation over seeds; ΔH is the strategy's H minus plain IPO's on the same "
+             "held-out images, with a 95% paired bootstrap interval (images resampled within every seed "
+             "and dataset; the average row pools every cell).", "",
+             "| strategy | dataset | seeds | base | novel | H | ΔH vs ipo [95% interval] |",
+             "|---|---|---|---|---|---|---|"]
+
+    def delta(row: dict) -> str:
+        d = row.get("vs_ipo")
+        return f"{d['H_delta']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] ({d['cells']} cells)" if d else "—"
+
+    for name, entry in found.items():
+        for dataset, row in entry["datasets"].items():
+            cells = " | ".join(f"{row[k]['mean']:.2f} ± {row[k]['std']:.2f}" for k in ("base", "novel", "H"))
+            lines.append(f"| {name} | {dataset} | {len(row['seeds'])} | {cells} | {delta(row)} |")
+        if "average" in entry:
+            avg = entry["average"]
+            cells = " | ".join(f"{avg[k]['mean']:.2f} ± {avg[k]['std']:.2f}" for k in ("base", "novel", "H"))
+            lines.append(f"| **{name}** | **average ({avg['datasets']} datasets)** | | {cells} | {delta(avg)} |")
+    return lines
 
 
 def _stats(values: list[tuple[float, ...]]) -> dict[str, Any]:
@@ -166,6 +361,8 @@ def markdown(result: dict) -> str:
             return " | ".join(f"{v:.2f}" for v in paper[name]) if name in paper else " | ".join(["—"] * 3)
 
         lines.append(f"| *paper, average of 11* | 3 | {ref('CLIP')} | {ref('IPO')} |")
+    if result.get("strategies"):
+        lines += strategy_markdown(result["strategies"])
     lines += ["", "Prompts found:", ""]
     for name, row in result["datasets"].items():
         for seed, prompt in zip(row["seeds"], row["prompts"]):

@@ -51,7 +51,8 @@ def history_markdown(records: list[dict], result: LoopResult, select: str) -> st
         lines.append(f"| {rank} | {name} | {r['accuracy']:.2f} | {r['loss']:.3f} |{extra}")
     if result.baseline and result.baseline not in result.ranking[:TOP_K]:
         b = result.baseline
-        lines.append(f"| {result.ranking.index(b) + 1} | {_cell(b['template'])} **(baseline)** | "
+        place = str(result.ranking.index(b) + 1) if b in result.ranking else "—"  # --pool pareto may drop it
+        lines.append(f"| {place} | {_cell(b['template'])} **(baseline)** | "
                      f"{b['accuracy']:.2f} | {b['loss']:.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ from ipo_cli import __version__
 from ipo_cli.data import sampling
 from ipo_cli.data.folders import normalize_name
 from ipo_cli.errors import IpoError
+from ipo_cli.optimize import strategies
 from ipo_cli.optimize.loop import LoopSettings
 from ipo_cli.optimize.plan import described_subset, ensure_pulled, model_plan
 from ipo_cli.optimize.request import Placement, Request, saved_settings
@@ -78,7 +79,10 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     else:
         RunFolder.check_target(out, force)
     if request.select not in ("train", "val"):
-        raise IpoError(f"--select must be train or val, not {request.select!r}")
+        raise IpoError(f"--select must be train or val, not {request.select!r}",
+                       "--pool pareto keeps the Pareto frontier; --select then picks from it on train or val"
+                       if request.select == "pareto" else None)
+    strategies.check(request)
     placement.check()
     full, train, val = sampling.sample(request)
     held_out = sampling.held_out_set(request, full) if request.base_novel else None  # checked before any work
@@ -106,6 +110,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         **models_plan,
         "parallel": parallel if request.llm_url else 1,
         "clip": request.clip, "out": str(out),
+        "strategy": {"feedback": request.feedback, "history_order": request.history_order, "pool": request.pool},
+        "feedback_tokens": strategies.feedback_tokens(request.feedback),
         "sample": sampling.sample_source(request),
     }
     described = described_subset(request, plan, len(train.items)) if use_lmm else []
@@ -139,6 +145,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
 
     descriptions: list[str] = []
     described_images: list[dict] = []
+    image_descriptions: list[str | None] = []
     lmm_identity = "none"
     if use_lmm:
         backend: Any
@@ -163,6 +170,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
             reporter.warn(f"no description for {path}: {reason}")
         descriptions = [c.caption for c in captions.captions]
         described_images = [{"path": c.path, "description": c.caption} for c in captions.captions]
+        by_path = {str(c.path): c.caption for c in captions.captions}
+        image_descriptions = [by_path.get(str(p)) for p in train_set.dataset.paths]  # the scorer's order
 
     with reporter.status("loading the LLM"):
         llm = load_llm(plan["llm"] if not request.llm_url else None, request.llm_url, request.llm_model,
@@ -195,13 +204,13 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     if hasattr(llm, "parallel"):  # a server: the step's answers in flight at once (--parallel)
         llm.parallel = parallel
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
-                          on_step=reporter.step)
+                          on_step=reporter.step, image_descriptions=image_descriptions)
     result = optimizer.run()
     if result.interrupted and not result.ranking:
         raise KeyboardInterrupt  # stopped before even the baseline was scored: nothing to write
     name = Path(request.images).resolve().name
     report.write_outputs(folder, result, name, clip.identity, request.select,
-                         {"run": str(folder.path), "models": models, "seed": request.seed})
+                         {"run": str(folder.path), "models": models, "seed": request.seed, "pool": request.pool})
     if not result.interrupted:
         from ipo_cli.explain import report as insight
 
@@ -282,7 +291,7 @@ def summarize(result, folder, models: dict, seconds: float) -> dict:
         "interrupted": result.interrupted,
         "llm_calls": state.calls,
         "llm_calls_cached": state.cached_calls,
-        "valid_candidates": sum(1 for r in result.ranking if r["step"] > 0),
+        "valid_candidates": sum(1 for r in state.valid if r["step"] > 0),
         "tokens": state.usage.to_json(),
         "seconds": round(seconds, 2),
         "models": models,

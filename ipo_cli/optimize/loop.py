@@ -2,7 +2,9 @@
 
 The loop only sees small interfaces: an LLM (N answers per step, `count_tokens`, `n_ctx`), a
 `Scorer` (score a template on the training set and, with --select val, on a validation
-set) and the image descriptions. Everything it does is appended to the run folder as it
+set; the predictions per training image for --feedback), the image descriptions, and the
+strategies (optimize/strategies.py: the pool, the history order, meta-prompt sections),
+which it calls by setting, never by name. Everything it does is appended to the run folder as it
 happens; `run()` replays that history first, so a resumed run continues exactly where the
 last complete record left off, with the same seeds an uninterrupted run would have used.
 """
@@ -19,6 +21,7 @@ from ipo_cli.errors import IpoError
 from ipo_cli.gates.text import MAX_ANSWER_CHARS
 from ipo_cli.llm.base import LLM, Generation, SamplingSettings, Usage, batch_tag, generate_many
 from ipo_cli.optimize import meta_prompt as mp
+from ipo_cli.optimize import strategies
 from ipo_cli.optimize.run_folder import RunFolder
 
 # The template the loop starts from and scores first (step 0): CLIP's plain prompt, in the
@@ -43,6 +46,10 @@ class LoopSettings:
     # history; the official code hides those under 20 (lmsdss/IPO train.py,
     # old_instruction_score_threshold = 20, applied in optimization/opt_utils.py)
     hide_below: float = 0.0
+    # the strategies (optimize/strategies.py, TABLE); these defaults are plain IPO
+    feedback: str = "none"  # or "confusions"
+    history_order: str = "best"  # or "contrastive"
+    pool: str = "best"  # or "pareto"
 
 
 @dataclass
@@ -58,6 +65,11 @@ class Scorer(Protocol):
     def score(self, template: str, split: str = "train") -> ScoreResult: ...
 
     def token_count(self, text: str) -> int: ...
+
+    def predictions(self, template: str) -> tuple[Sequence[int], Sequence[int]]:
+        """(true labels, predicted labels) of the training images, in one fixed order (only
+        --feedback confusions asks)."""
+        ...
 
 
 class ClipScorer:
@@ -76,6 +88,15 @@ class ClipScorer:
 
     def token_count(self, text: str) -> int:
         return self.clip.token_count(text)
+
+    def predictions(self, template: str) -> tuple[Sequence[int], Sequence[int]]:
+        """From the cached image embeddings and the template's text embeddings (cached too):
+        milliseconds, no image is looked at again."""
+        from ipo_cli.clip.scoring import Prompt, class_embeddings, predict_embeddings
+
+        data = self.sets["train"]
+        text = class_embeddings(self.clip, Prompt(template, [template]), self.classnames)
+        return [int(x) for x in data.labels], predict_embeddings(data.embeddings, text).tolist()
 
 
 def candidate_seed(run_seed: int, step: int, attempt: int, index: int) -> int:
@@ -131,7 +152,7 @@ def rank_key(record: dict, select: str) -> tuple:
 
 @dataclass
 class LoopResult:
-    ranking: list[dict]  # valid candidates, best first
+    ranking: list[dict]  # the pool (--pool: every valid candidate, or the Pareto frontier), best first
     baseline: dict | None  # None only when not even the starting template was scored
     state: LoopState
     stopped_early: bool
@@ -145,11 +166,17 @@ class LoopResult:
 class Optimizer:
     def __init__(self, llm: LLM, scorer: Scorer, folder: RunFolder, settings: LoopSettings,
                  descriptions: Sequence[str] = (), generation_cache: Store | None = None,
-                 on_step: Callable[[dict, LoopState], None] | None = None):
+                 on_step: Callable[[dict, LoopState], None] | None = None,
+                 image_descriptions: Sequence[str | None] = ()):
+        """`descriptions` go into the meta-prompt; `image_descriptions` are the same texts
+        per training image in the scorer's order (None where an image has none), for a
+        strategy that speaks of particular images (--feedback confusions)."""
         # The N candidates of a step are one call (llm.base.generate_many): the backend decides
         # how (a llama.cpp batch, a server's `n` or its parallel slots, else one after another).
         self.llm, self.scorer, self.folder, self.settings = llm, scorer, folder, settings
         self.descriptions = list(descriptions)
+        self.image_descriptions = list(image_descriptions)
+        strategies.check(settings)
         self.cache = generation_cache
         self.on_step = on_step
         self.sampling = SamplingSettings(settings.temperature, settings.top_p, settings.max_tokens)
@@ -250,11 +277,15 @@ class Optimizer:
 
     def run_step(self, state: LoopState, step: int) -> None:
         start = time.perf_counter()
-        history = [mp.HistoryItem(r["template"], r["accuracy"], r["loss"]) for r in state.valid
-                   if r["accuracy"] >= self.settings.hide_below]
+        history = [mp.HistoryItem(r["template"], r["accuracy"], r["loss"])
+                   for r in strategies.pool(self.settings, state.valid) if r["accuracy"] >= self.settings.hide_below]
+        best = min(state.valid, key=lambda r: rank_key(r, "train"))
+        view = strategies.StepView(best["template"], self.scorer.classnames,
+                                   lambda template: self.scorer.predictions(template), self.image_descriptions)
         budget = (self.llm.n_ctx or 8192) - self.settings.max_tokens - 16
         meta = mp.build(history, self.descriptions, self.llm.count_tokens, budget, self.settings.history,
-                        self.settings.task_hint, self.settings.seed)
+                        self.settings.task_hint, self.settings.seed, pick=strategies.order(self.settings),
+                        sections=strategies.sections(self.settings, view))
         self.folder.write_meta_prompt(step, meta.text)
         records = []
         for attempt in range(RETRIES + 1):
@@ -309,5 +340,5 @@ class Optimizer:
 
     def result(self, state: LoopState, stopped_early: bool, interrupted: bool = False) -> LoopResult:
         baseline = next(r for r in state.valid if r["step"] == 0) if state.valid else None
-        ranking = sorted(state.valid, key=lambda r: rank_key(r, self.settings.select))
+        ranking = sorted(strategies.pool(self.settings, state.valid), key=lambda r: rank_key(r, self.settings.select))
         return LoopResult(ranking, baseline, state, stopped_early, interrupted)

@@ -48,11 +48,19 @@ INSTRUCTION = (
 )
 
 
+# With a history that marks its prompts (--history-order contrastive: optimize/strategies.py)
+MARKS_NOTE = (
+    "Prompts marked [worst] are among the worst so far: avoid what they do. Prompts marked "
+    "[best] are among the best so far."
+)
+
+
 @dataclass
 class HistoryItem:
     template: str
     accuracy: float
     loss: float
+    mark: str | None = None  # shown after the scores, e.g. "best" or "worst"
 
 
 @dataclass
@@ -75,16 +83,22 @@ def history_order(history: Sequence[HistoryItem], keep: int) -> list[HistoryItem
     return list(reversed(best))
 
 
-def render(task_hint: str | None, descriptions: Sequence[str], history: Sequence[HistoryItem]) -> list[dict]:
+def render(task_hint: str | None, descriptions: Sequence[str], history: Sequence[HistoryItem],
+           sections: Sequence[str] = ()) -> list[dict]:
+    """The messages. `sections` (a strategy's feedback) come after the history and before the
+    instruction: the system message, evaluated once and reused, stays the same."""
     domain = f" ({task_hint})" if task_hint else ""
     system = TASK.format(placeholder=PLACEHOLDER, domain=domain)
     if descriptions:
         lines = "\n".join(f"Image_{i + 1}: {d}" for i, d in enumerate(descriptions))
         system += f"\n\n{DESCRIPTIONS_HEADER}\n{lines}"
     shown = "\n\n".join(
-        f"Prompt: <INS>{h.template}</INS>\nLoss: {h.loss:.3f}  Accuracy: {h.accuracy:.2f}" for h in history
+        f"Prompt: <INS>{h.template}</INS>\nLoss: {h.loss:.3f}  Accuracy: {h.accuracy:.2f}"
+        + (f"  [{h.mark}]" if h.mark else "") for h in history
     )
-    user = f"{HISTORY_HEADER}\n\n{shown}\n\n{INSTRUCTION.format(placeholder=PLACEHOLDER)}"
+    header = HISTORY_HEADER + (f" {MARKS_NOTE}" if any(h.mark for h in history) else "")
+    extra = "".join(f"{section}\n\n" for section in sections)
+    user = f"{header}\n\n{shown}\n\n{extra}{INSTRUCTION.format(placeholder=PLACEHOLDER)}"
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -96,18 +110,22 @@ def build(
     keep: int = 20,
     task_hint: str | None = None,
     seed: int = 0,
+    pick: Callable[[Sequence[HistoryItem], int], list[HistoryItem]] = history_order,
+    sections: Sequence[str] = (),
 ) -> MetaPrompt:
     """The meta-prompt that fits `budget` tokens, leaving out descriptions if it must.
 
     Descriptions are dropped as a seeded random subset (the same for every step of a run,
-    so the system message, and llama.cpp's cached prefix, stays the same).
+    so the system message, and llama.cpp's cached prefix, stays the same). `pick` chooses and
+    orders the history shown (a strategy's, optimize/strategies.py); `sections` are bounded
+    by their strategy and always shown: only descriptions give way.
     """
-    shown = history_order(history, keep)
-    messages = render(task_hint, descriptions, shown)
+    shown = pick(history, keep)
+    messages = render(task_hint, descriptions, shown, sections)
     tokens = count_tokens(messages)
     if tokens <= budget:
         return MetaPrompt(messages, len(descriptions), 0, len(shown), tokens)
-    bare = render(task_hint, [], shown)
+    bare = render(task_hint, [], shown, sections)
     bare_tokens = count_tokens(bare)
     if budget <= 0:  # the answer alone (--max-tokens) takes the whole context
         raise IpoError("--max-tokens takes the whole of the LLM's context: no room is left for the meta-prompt",
@@ -116,7 +134,8 @@ def build(
         raise IpoError(
             f"the meta-prompt needs {bare_tokens} tokens even without image descriptions, "
             f"but only {budget} fit the LLM's context after room for the answer",
-            "use a model with a larger context (--n-ctx), a shorter --history, or a shorter --task-hint",
+            "use a model with a larger context (--n-ctx), a shorter --history, or a shorter --task-hint"
+            + (" (the feedback section is part of it)" if sections else ""),
         )
     order = list(range(len(descriptions)))
     random.Random(seed).shuffle(order)
@@ -124,12 +143,12 @@ def build(
     while low < high:
         mid = (low + high + 1) // 2
         subset = [descriptions[i] for i in sorted(order[:mid])]
-        if count_tokens(render(task_hint, subset, shown)) <= budget:
+        if count_tokens(render(task_hint, subset, shown, sections)) <= budget:
             low = mid
         else:
             high = mid - 1
     subset = [descriptions[i] for i in sorted(order[:low])]
-    messages = render(task_hint, subset, shown)
+    messages = render(task_hint, subset, shown, sections)
     return MetaPrompt(messages, low, len(descriptions) - low, len(shown), count_tokens(messages))
 
 

@@ -97,7 +97,10 @@ def described_subset(request: Request, plan: dict, n_images: int) -> list[int]:
         entry = load_catalogue().get(plan.get("llm", ""))
         n_ctx = entry.n_ctx if entry else None
     n_ctx = n_ctx or 8192
-    room = n_ctx - request.max_tokens - 16 - META_OVERHEAD - min(request.history, HISTORY_RESERVED) * HISTORY_ITEM_TOKENS
+    from ipo_cli.optimize.strategies import feedback_tokens
+
+    room = n_ctx - request.max_tokens - 16 - META_OVERHEAD - min(request.history, HISTORY_RESERVED) * HISTORY_ITEM_TOKENS \
+        - feedback_tokens(request.feedback)  # a strategy's section is shown every step: room kept for it
     fit = max(0, room // CAPTION_TOKENS)
     order = list(range(n_images))
     random.Random(request.seed).shuffle(order)

@@ -74,6 +74,10 @@ class Request:
     baseline: str | None = None  # the hand-written template reports compare with (--baseline)
     fresh_sample: bool = False  # draw anew even when CoOp's cached sample file exists (data/coop_cache.py)
     image_loading: str | None = None  # --image-loading; None: the source's own (data/folders.py load_image)
+    # the strategies (optimize/strategies.py); the defaults are plain IPO
+    feedback: str = LoopSettings.feedback
+    history_order: str = LoopSettings.history_order
+    pool: str = LoopSettings.pool
 
     def __post_init__(self) -> None:
         for name in PATH_FIELDS:  # paths stay Path until config.json is written
@@ -173,6 +177,9 @@ class Overrides:
     baseline: str | None = None
     fresh_sample: bool | None = None
     image_loading: str | None = None
+    feedback: str | None = None
+    history_order: str | None = None
+    pool: str | None = None
 
     def given(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
