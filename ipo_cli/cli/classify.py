@@ -42,7 +42,7 @@ def classify_cmd(
     from ipo_cli.data.folders import read_classes
     from ipo_cli.data.prompts import read_info, read_prompts, resolve_classes, resolve_clip
 
-    check_out(out_file)
+    check_out(out_file, images, prompts, classes, clip_weights)
     if out_file is not None:
         predictions_out.check_suffix(out_file)
     # a run's prompts.json names its classes and CLIP: they are the defaults (data/prompts.py)
@@ -52,6 +52,7 @@ def classify_cmd(
         raise IpoError("missing --classes", "pass the class names the prompt was made for, one per line")
     clip_name, weights = resolve_clip(info, clip, clip_weights)
     paths = sources.image_files(images)
+    check_out(out_file, *paths)  # each image read, links and hard links included (gates/paths.py)
     prompt = choose_prompt(read_prompts(prompts), ensemble)
     with status(f"loading CLIP {clip_name}"):
         classifier = Classifier(prompt, classnames, clip_name, weights, device, cache_dir)

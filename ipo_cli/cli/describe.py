@@ -38,8 +38,9 @@ def describe_cmd(
     from ipo_cli.llm import captions as describe
     from ipo_cli.llm.machine_defaults import defaults_machine
 
-    check_out(out_file)
+    check_out(out_file, images, classes, mmproj, clip_weights, lmm if (lmm or "").endswith(".gguf") else None)
     paths, labels, classnames = describe.collect_images(images, classes)
+    check_out(out_file, *paths)  # each image read, links and hard links included (gates/paths.py)
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)
     if (lmm or "").lower() == describe.CLIP_DESCRIBER and not lmm_url:  # the CLIP-only describer
         from ipo_cli.clip.attributes import clip_describer

@@ -263,10 +263,11 @@ def _paper_entry(dataset: str, shots: int) -> dict:
 
 
 def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
-    """The CLIP_benchmark template file for these templates (`{c}` placeholders)."""
-    from ipo_cli.clip.scoring import fill
+    """The CLIP_benchmark template file for these templates: one `{c}` each, other braces
+    doubled (data/templates.py, `str_format`)."""
+    from ipo_cli.data.templates import str_format
 
-    return {name: [fill(t, "{c}") for t in templates]}
+    return {name: [str_format(t) for t in templates]}
 
 
 def paper_prompt(dataset: str | None, shots: int = 1) -> Prompt | None:
