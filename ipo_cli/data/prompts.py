@@ -141,9 +141,9 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
 
 
 def _is_cupl(data: dict) -> bool:
-    from ipo_cli.clip.scoring import placeholder_count
+    from ipo_cli.data.templates import looks_like_template
 
-    return all(isinstance(v, list) and v and all(isinstance(t, str) and placeholder_count(t) == 0 for t in v)
+    return all(isinstance(v, list) and v and all(isinstance(t, str) and not looks_like_template(t) for t in v)
                for v in data.values())
 
 

@@ -39,6 +39,18 @@ def placeholder_count(template: str) -> int:
     return len(_PLACEHOLDER_RE.findall(template))
 
 
+def looks_like_template(text: str) -> bool:
+    """Whether `text` holds a placeholder, or anything str.format would read as a field (or
+    fail on): a finished CuPL sentence does neither, so `{"cars": ["a {0} photo"]}` is a
+    template list to refuse, not one class's sentences."""
+    if placeholder_count(text):
+        return True
+    try:
+        return any(name is not None for _, name, _, _ in string.Formatter().parse(text))
+    except ValueError:
+        return True
+
+
 def _field_text(name: str, spec: str | None, conversion: str | None) -> str:
     return "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
 
@@ -124,4 +136,5 @@ def str_format(template: str) -> str:
     return _escape(before) + "{c}" + _escape(after)
 
 
-__all__ = ["CLASS_TOKEN", "PLACEHOLDERS", "check_template", "fill", "placeholder_count", "str_format"]
+__all__ = ["CLASS_TOKEN", "PLACEHOLDERS", "check_template", "fill", "looks_like_template", "placeholder_count",
+           "str_format"]

@@ -12,6 +12,7 @@ gives a, b, c). An int is a float (JSON writes 1.0 as 1.0, but a person writes 1
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import PurePath
@@ -60,6 +61,39 @@ def conforms(value: Any, kind: Any) -> bool:
     if isinstance(kind, type):
         return isinstance(value, kind)
     return False
+
+
+def mismatch(value: Any, kind: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first spot where `value` is not of `kind`: (where, the value there, the type
+    wanted there), e.g. ('["train"][0][1]', 1.5, int); None when it conforms."""
+    if conforms(value, kind):
+        return None
+    origin, args = get_origin(kind), get_args(kind)
+    if origin is Union or origin is types.UnionType:
+        shaped = [a for a in args if a is not type(None) and get_origin(a) in (list, dict, tuple)
+                  and isinstance(value, dict if get_origin(a) is dict else list)]
+        if len(shaped) == 1:
+            return mismatch(value, shaped[0], where)
+        return where, value, kind
+    if origin in (list, set, frozenset) and isinstance(value, list) and args:
+        for i, item in enumerate(value):
+            found = mismatch(item, args[0], f"{where}[{i}]")
+            if found:
+                return found
+    if origin is tuple and isinstance(value, (list, tuple)) and args and len(value) == len(args) \
+            and args[-1] is not Ellipsis:
+        for i, (item, arg) in enumerate(zip(value, args)):
+            found = mismatch(item, arg, f"{where}[{i}]")
+            if found:
+                return found
+    if origin is dict and isinstance(value, dict) and args:
+        for key, item in value.items():
+            if not conforms(key, args[0]):
+                return f"{where} (a key)", key, args[0]
+            found = mismatch(item, args[1], f"{where}[{json.dumps(key)[:40]}]")
+            if found:
+                return found
+    return where, value, kind
 
 
 def type_name(kind: Any) -> str:
@@ -123,9 +157,11 @@ def check_types(data: dict, kinds: dict[str, Any], source: str, hint: str | None
                 prefix: str = "the setting") -> None:
     """`check_fields` for a plain name -> type table (a file's top-level keys)."""
     for name, kind in kinds.items():
-        if name in data and not conforms(data[name], kind):
-            raise IpoError(f"{source}: {prefix} {name!r} is {value_kind(data[name])}, not {type_name(kind)}",
+        found = mismatch(data[name], kind) if name in data else None
+        if found:
+            where, value, wanted = found
+            raise IpoError(f"{source}: {prefix} {name!r}{where} is {value_kind(value)}, not {type_name(wanted)}",
                            hint or f"fix {name!r} in {source}, or start anew")
 
 
-__all__ = ["check_fields", "check_types", "conforms", "field_types", "type_name", "value_kind"]
+__all__ = ["check_fields", "check_types", "conforms", "field_types", "mismatch", "type_name", "value_kind"]

@@ -99,9 +99,11 @@ class Request:
             value = getattr(self, name)
             if value is None and name == "n_ctx":  # the model's own context
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high:
-                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+                from ipo_cli.gates.typed import value_kind
+
+                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value_kind(value)}")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "the run's settings") -> Request:
