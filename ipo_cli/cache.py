@@ -13,11 +13,13 @@ stops the command with a one-line error, keeping what was already written.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -72,10 +74,17 @@ def _is_readonly(exc: BaseException) -> bool:
         or "readonly" in text or "read-only" in text or "unable to open database" in text
 
 
+_chosen: list[Path] = []  # the running command's --cache-dir (`using_root`), innermost last
+_third_party: dict[str, str] = {}  # the cache variables ipo itself set, and to what
+
+
 def cache_root(override: Path | str | None = None) -> Path:
-    """`--cache-dir`, else `IPO_CACHE_DIR`, else the user cache directory."""
+    """`--cache-dir`, else the running command's `--cache-dir` (`using_root`), else
+    `IPO_CACHE_DIR`, else the user cache directory."""
     if override:
         return Path(override).expanduser()
+    if _chosen:
+        return _chosen[-1]
     env = os.environ.get("IPO_CACHE_DIR")
     if env:
         return Path(env).expanduser()
@@ -84,14 +93,45 @@ def cache_root(override: Path | str | None = None) -> Path:
     return Path(platformdirs.user_cache_dir("ipo", appauthor=False))
 
 
+THIRD_PARTY = (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "torchinductor"),
+               ("TRITON_CACHE_DIR", "triton"))
+
+
 def keep_third_party_caches_inside(root: Path) -> None:
     """matplotlib's font cache and torch's compile caches go under ipo's cache directory
     (unless the user set them): ipo writes only inside the folders it names. matplotlib
-    reads MPLCONFIGDIR, torch inductor TORCHINDUCTOR_CACHE_DIR, triton TRITON_CACHE_DIR."""
-    for variable, folder in (("MPLCONFIGDIR", "matplotlib"), ("TORCHINDUCTOR_CACHE_DIR", "torchinductor"),
-                             ("TRITON_CACHE_DIR", "triton")):
-        if not os.environ.get(variable):
-            os.environ[variable] = str(Path(root) / folder)
+    reads MPLCONFIGDIR (matplotlib/__init__.py, _get_config_or_cache_dir), torch inductor
+    TORCHINDUCTOR_CACHE_DIR (torch/_inductor/runtime/cache_dir_utils.py), triton
+    TRITON_CACHE_DIR. A variable ipo set itself follows a later `--cache-dir`; one the user
+    set is left alone."""
+    for variable, folder in THIRD_PARTY:
+        current = os.environ.get(variable)
+        if not current or current == _third_party.get(variable):
+            os.environ[variable] = _third_party[variable] = str(Path(root) / folder)
+
+
+@contextlib.contextmanager
+def using_root(override: Path | str | None):
+    """The cache folder for everything a command caches, while it runs: `--cache-dir`
+    (else IPO_CACHE_DIR, else the default) for every store, the shard images of
+    webdataset folders (data/shards.py asks `cache_root()`), and matplotlib's and torch's
+    own caches. The CLI wraps each command that takes --cache-dir in it (cli/app.py), so
+    no library call has to pass the folder on for it to be followed."""
+    saved = {variable: os.environ.get(variable) for variable, _ in THIRD_PARTY}
+    saved_set = dict(_third_party)
+    _chosen.append(Path(override).expanduser() if override else cache_root())
+    keep_third_party_caches_inside(_chosen[-1])
+    try:
+        yield _chosen[-1]
+    finally:
+        _chosen.pop()
+        for variable, value in saved.items():
+            if value is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = value
+        _third_party.clear()
+        _third_party.update(saved_set)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -317,7 +357,137 @@ def info(root: Path) -> list[StoreInfo]:
         store = Store(root, name)
         out.append(StoreInfo(name, str(store.path), len(store), store.volume()))
         store.close()
+    images = ShardImages(root, limit=SHARD_IMAGES_MAX)
+    out.append(StoreInfo(SHARD_IMAGES, str(images.path), *images.usage()))
     return out
+
+
+# ---- shard images --------------------------------------------------------------------
+SHARD_IMAGES = "shard-images"
+# The most the shard images may take in all; past it the ones least recently used by a
+# command are removed first (never one the running command has stored or used).
+SHARD_IMAGES_MAX = 20 << 30
+_SHARD_NAME_RE = re.compile(r"[0-9a-f]{64}\.[a-z0-9]{1,8}(\.\d+\.tmp)?")
+
+
+def shard_images_limit() -> int:
+    """IPO_SHARD_IMAGES_MB, else SHARD_IMAGES_MAX (20 GiB)."""
+    text = os.environ.get("IPO_SHARD_IMAGES_MB", "").strip()
+    if not text:
+        return SHARD_IMAGES_MAX
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+        raise IpoError(f"IPO_SHARD_IMAGES_MB must be a whole number of megabytes (1 or more), not {text[:20]!r}")
+    return int(text) << 20
+
+
+class ShardImages:
+    """The images of webdataset shards, one file per distinct image under the cache
+    (`CACHE/shard-images/ab/<sha256>.<ext>`): an image's embedding key is its bytes' hash
+    exactly as for a file of a folder. The folder follows --cache-dir (`cache_root`), is
+    listed by `ipo cache info` and emptied by `ipo cache clear`, and is bounded in total
+    size: before a new image is written past the limit, the least recently used images
+    not used by this command are removed; when that is not enough, one line says so."""
+
+    def __init__(self, root: Path | str | None = None, limit: int | None = None):
+        self.path = cache_root(root) / SHARD_IMAGES
+        self.limit = shard_images_limit() if limit is None else limit
+        self.used: set[str] = set()
+        self._sizes: dict[str, tuple[int, float]] | None = None  # name -> (bytes, last used), read when needed
+
+    def _scan(self) -> dict[str, tuple[int, float]]:
+        if self._sizes is None:
+            self._sizes = {}
+            if self.path.is_dir():
+                for folder in self.path.iterdir():
+                    if len(folder.name) != 2 or not folder.is_dir() or folder.is_symlink():
+                        continue
+                    for entry in os.scandir(folder):
+                        if entry.is_file(follow_symlinks=False) and _SHARD_NAME_RE.fullmatch(entry.name) \
+                                and not entry.name.endswith(".tmp"):
+                            info = entry.stat(follow_symlinks=False)
+                            self._sizes[entry.name] = (info.st_size, info.st_mtime)
+        return self._sizes
+
+    def usage(self) -> tuple[int, int]:
+        """(images, bytes) held."""
+        sizes = self._scan()
+        return len(sizes), sum(size for size, _ in sizes.values())
+
+    def put(self, data: bytes, ext: str) -> Path:
+        """The path of these bytes' file, written once (atomically) when new."""
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{digest}.{ext}"
+        path = self.path / digest[:2] / name
+        self.used.add(name)
+        if path.is_file():
+            try:
+                os.utime(path)  # recently used: the last to be removed
+            except OSError:
+                pass
+            return path
+        self._make_room(len(data))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            from ipo_cli.gates.paths import os_error
+
+            raise os_error(exc, f"cannot store a shard image under {self.path}",
+                           "free some disk space, or pass --cache-dir") from None
+        self._scan()[name] = (len(data), time.time())
+        return path
+
+    def _make_room(self, incoming: int) -> None:
+        sizes = self._scan()
+        total = sum(size for size, _ in sizes.values()) + incoming
+        if total <= self.limit:
+            return
+        for name, (size, _) in sorted(sizes.items(), key=lambda item: item[1][1]):
+            if total <= self.limit:
+                break
+            if name in self.used:
+                continue
+            try:
+                (self.path / name[:2] / name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            del sizes[name]
+            total -= size
+        if total > self.limit:
+            raise IpoError(f"the shard images of this set need more than the {self.limit >> 20} MB the cache "
+                           f"keeps for them ({self.path})",
+                           "raise IPO_SHARD_IMAGES_MB, or pass --cache-dir on a disk with room")
+
+    def clear(self) -> int:
+        """Remove every shard image (only files named as ipo names them; a folder holding
+        anything else is left as it is, with one line). Returns how many were removed."""
+        if not self.path.exists():
+            return 0
+        if self.path.is_symlink() or not self.path.is_dir():
+            raise IpoError(f"{self.path} is not ipo's folder of shard images; `ipo cache clear` left it as it is",
+                           "check --cache-dir / IPO_CACHE_DIR")
+        folders = list(self.path.iterdir())
+        for folder in folders:
+            ok = len(folder.name) == 2 and folder.is_dir() and not folder.is_symlink() and all(
+                f.is_file() and not f.is_symlink() and _SHARD_NAME_RE.fullmatch(f.name) and f.name[:2] == folder.name
+                for f in folder.iterdir())
+            if not ok:
+                raise IpoError(f"{self.path} holds {folder.name!r}, which ipo did not make; `ipo cache clear` "
+                               "deletes only ipo's own files and left everything as it is",
+                               "check --cache-dir / IPO_CACHE_DIR")
+        removed = 0
+        for folder in folders:
+            for item in folder.iterdir():
+                item.unlink()
+                removed += 1 if not item.name.endswith(".tmp") else 0
+            folder.rmdir()
+        self.path.rmdir()
+        self._sizes = None
+        return removed
 
 
 _STORE_FILES = frozenset({"cache.db", "cache.db-wal", "cache.db-shm", "cache.db-journal"})
@@ -364,4 +534,4 @@ def clear(root: Path) -> int:
         for aside in Path(root).glob(f"{name}.damaged-*"):  # what earlier repairs moved aside
             if is_own_store(aside):
                 shutil.rmtree(aside)
-    return removed
+    return removed + ShardImages(root, limit=SHARD_IMAGES_MAX).clear()

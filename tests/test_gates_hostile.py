@@ -222,7 +222,7 @@ def test_a_saved_setting_of_the_wrong_type_is_one_line_on_resume(small, tmp_path
     config["request"]["images"] = 5
     (run / "config.json").write_text(json.dumps(config))
     before = (run / "history.jsonl").read_bytes()
-    user_error(run_ipo("optimize", "--resume", run), "'images' is '5'")
+    user_error(run_ipo("optimize", "--resume", run), "'images' is the whole number 5, not a path")
     assert (run / "history.jsonl").read_bytes() == before
 
 

@@ -7,8 +7,10 @@ this module only assembles them. Heavy libraries are imported inside the command
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -54,9 +56,28 @@ _COMMANDS: dict[typer.Typer, list[tuple[str, Callable[..., None]]]] = {
                  ("add", models.models_add), ("rm", models.models_rm), ("path", models.models_path)],
     cache_app: [("info", cache_cmds.cache_info), ("clear", cache_cmds.cache_clear)],
 }
+
+
+def _with_cache_dir(function: Callable[..., None]) -> Callable[..., None]:
+    """A command that takes --cache-dir runs with it as the cache for everything it caches
+    (cache.using_root: stores, shard images, matplotlib's and torch's caches), whether or
+    not each library call is handed the folder."""
+    if "cache_dir" not in inspect.signature(function).parameters:
+        return function
+
+    @functools.wraps(function)
+    def command(*args: Any, **kwargs: Any) -> None:
+        from ipo_cli import cache
+
+        with cache.using_root(kwargs.get("cache_dir")):
+            function(*args, **kwargs)
+
+    return command
+
+
 for group, commands in _COMMANDS.items():
     for name, function in commands:
-        group.command(name, cls=PanelCommand)(function)
+        group.command(name, cls=PanelCommand)(_with_cache_dir(function))
 app.add_typer(models_app, name="models")
 app.add_typer(cache_app, name="cache")
 

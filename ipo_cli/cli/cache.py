@@ -11,7 +11,7 @@ from ipo_cli.cli.output import human_bytes, show
 # ---- ipo cache --------------------------------------------------------------------
 
 def cache_info(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
-    """Entries, size and location of each cache."""
+    """Entries, size and location of each cache, shard images included."""
     from ipo_cli import cache
 
     root = cache.cache_root(cache_dir)
@@ -31,7 +31,7 @@ def cache_info(cache_dir: CacheDirOpt = None, as_json: JsonOpt = False) -> None:
 
 
 def cache_clear(cache_dir: CacheDirOpt = None) -> None:
-    """Delete every cached embedding, caption and LLM answer."""
+    """Delete every cached embedding, caption, LLM answer and shard image (only what ipo made)."""
     from ipo_cli import cache
 
     root = cache.cache_root(cache_dir)

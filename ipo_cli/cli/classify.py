@@ -45,7 +45,7 @@ def classify_cmd(
     from ipo_cli.data.folders import check_image_loading, read_classes
     from ipo_cli.data.prompts import read_info, read_prompts, resolve_classes, resolve_clip
 
-    check_out(out_file)
+    check_out(out_file, images, prompts, classes, clip_weights)
     if out_file is not None:
         predictions_out.check_suffix(out_file)
     # a run's prompts.json names its classes and CLIP: they are the defaults (data/prompts.py)
@@ -61,6 +61,7 @@ def classify_cmd(
     if shards is None and split_part is not None:
         raise IpoError(f"--split-part is for a webdataset folder (with SPLIT/nshards.txt); {images} is not one")
     paths = shards.paths if shards is not None else sources.image_files(images)
+    check_out(out_file, *paths)  # each image read, links and hard links included (gates/paths.py)
     loading = image_loading or (shards.image_loading if shards is not None else "ipo")
     with status(f"loading CLIP {clip_name}"):
         classifier = Classifier(prompt, classnames, clip_name, weights, device, cache_dir, image_loading=loading)

@@ -55,12 +55,13 @@ def describe_cmd(
     from ipo_cli.llm import captions as describe
     from ipo_cli.llm.machine_defaults import defaults_machine
 
-    check_out(out_file)
+    check_out(out_file, images, classes, mmproj, clip_weights, lmm if (lmm or "").endswith(".gguf") else None)
     if image_loading is not None:
         check_image_loading(image_loading)
         if (lmm or "").lower() != describe.CLIP_DESCRIBER or lmm_url:
             raise IpoError("--image-loading is for --lmm clip (a multimodal model reads the image files itself)")
     paths, labels, classnames = describe.collect_images(images, classes, split_part)
+    check_out(out_file, *paths)  # each image read, links and hard links included (gates/paths.py)
     # a webdataset folder's images are the field's: decoded as CLIP_benchmark does (data/folders.load_image)
     loading = image_loading or ("reference" if shards.is_shard_folder(images) else "ipo")
     settings = describe.CaptionSettings(instruction=prompt or describe.DEFAULT_INSTRUCTION, max_tokens=max_tokens)

@@ -65,7 +65,8 @@ def eval_cmd(
     from ipo_cli.data import prompts as prompt_files
 
     to_folder = out_format == "clip_benchmark" and out_file is not None and (out_file.is_dir() or str(out_file).endswith("/"))
-    check_out(None if to_folder else out_file)
+    # --out FOLDER/: CLIP_benchmark's file is named inside it, and it lies inside no input folder
+    check_out(out_file, prompts, images, classes, split, clip_weights, folder=to_folder)
     sources.check_split_part(split_part)
     if out_format not in ("ipo", "clip_benchmark"):
         raise IpoError(f"--format must be ipo or clip_benchmark, not {out_format!r}")
@@ -74,6 +75,7 @@ def eval_cmd(
     inputs = sources.eval_inputs(prompts, images, dataset, data_root, classes, split, split_part,
                                  allow_outside_root, shots, seed, baseline, cache_dir, image_loading)
     data, prompt_list, baseline = inputs.data, inputs.prompts, inputs.baseline
+    check_out(out_file, data.root, *data.paths, folder=to_folder)  # no image it reads, by any name (gates/paths.py)
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     # When the cache holds every embedding this evaluation needs, neither torch nor
     # open_clip is imported and no model is loaded.
@@ -92,7 +94,9 @@ def eval_cmd(
     if out_file:
         if out_format == "clip_benchmark":
             run = evaluate.benchmark_run(dataset or (images.resolve().name if images else "dataset"), clip, weights)
-            out_file = out_file / run.file_name() if to_folder else out_file
+            if to_folder:
+                out_file = out_file / run.file_name()
+                check_out(out_file, prompts, classes, split, clip_weights, *data.paths)
             write_out(out_file, json.dumps(evaluate.to_clip_benchmark(
                 report, prompt_list, run, dump_templates, best_only=info.from_run)) + "\n")
         else:

@@ -26,7 +26,7 @@ def export_cmd(
     from ipo_cli.data import prompts as pr
     from ipo_cli.data.folders import read_classes
 
-    check_out(out_file)
+    check_out(out_file, prompts, classes)
     info = pr.read_info(prompts)
     names = pr.resolve_classes(info, read_classes(classes) if classes is not None else None)
     prompt_list = pr.read_prompts(prompts, dataset)

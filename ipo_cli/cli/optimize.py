@@ -35,7 +35,7 @@ from ipo_cli.cli.options import (
     LmmUrlOpt,
     SplitOpt,
 )
-from ipo_cli.cli.output import human_bytes, show
+from ipo_cli.cli.output import check_out, human_bytes, show
 from ipo_cli.errors import IpoError
 
 # ---- ipo optimize -----------------------------------------------------------------
@@ -111,8 +111,12 @@ def optimize_cmd(
             raise IpoError(f"--resume {resume} continues that run in place; --out {out_dir} names another folder",
                            "drop --out (or pass the same folder)")
         saved = RunFolder.open(resume)[1].get("request", {})
-    request = make_request(given, budget, saved)
+    request = make_request(given, budget, saved, str(resume / "config.json") if resume is not None else "--resume")
     out_path = resume or out_dir or Path("runs") / f"{dt.date.today().isoformat()}-{Path(request.images).resolve().name}"
+    if resume is None:  # the run folder (replaced by --force) is no input and lies in none (gates/paths.py)
+        check_out(out_path, request.images, request.classes, request.split, request.test_images, request.mmproj,
+                  request.clip_weights, *(m for m in (request.llm, request.lmm) if m and m.endswith(".gguf")),
+                  folder=True, replaced=True)
     reporter = _OptimizeReporter(quiet=as_json, total=request.steps)
     try:
         summary = job.run(request, placement, out_path, reporter, resume=resume is not None, force=force)
@@ -164,6 +168,8 @@ def bench_cmd(
     strategy_list = bench.parse_list(strategies, "--strategies")
     if bench.PLAIN not in strategy_list:
         strategy_list.insert(0, bench.PLAIN)  # the reference every other strategy is compared with
+    check_out(out_dir, *(presets.images_folder(presets.get(n), data_root) for n in names), clip_weights,
+              folder=True, replaced=True)
     cells = bench.cells(out_dir, names, seed_list, strategy_list)
     sweep = bench.plan(cells, given, budget)
     if not as_json:

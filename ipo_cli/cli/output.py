@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
-from ipo_cli.gates.paths import check_out_file, write_text_atomic
+from ipo_cli.gates.paths import check_out_file, refuse_input_as_output, write_text_atomic
 
 T = TypeVar("T")
 
@@ -29,11 +29,17 @@ def show(result: T, as_json: bool, render: Callable[[T], None] | None = None, *,
         render(result)
 
 
-def check_out(path: Optional[Path]) -> None:
-    """Refuse an unusable --out file before any work is done: a folder, a symbolic link, a
-    device, a FIFO, a name the OS cannot take (the paths gate, gates/paths.py)."""
-    if path is not None:
+def check_out(path: Optional[Path], *inputs: Path | str | None, folder: bool = False, replaced: bool = False) -> None:
+    """Refuse an unusable --out before any work is done: a folder, a symbolic link, a
+    device, a FIFO, a name the OS cannot take, and any of the command's `inputs` (or a
+    place inside an input folder), which writing would destroy (the paths gate,
+    gates/paths.py). With `folder`, --out is a folder ipo writes into; with `replaced`, one
+    it may replace whole (a run folder and --force), so it must hold no input either."""
+    if path is None:
+        return
+    if not folder:
         check_out_file(path, "--out")
+    refuse_input_as_output(path, inputs, "--out", folder=replaced)
 
 
 def write_out(path: Path, text: str) -> None:

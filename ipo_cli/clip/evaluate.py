@@ -263,9 +263,9 @@ def to_clip_benchmark(report: EvalReport, prompts: list[Prompt], run: BenchmarkR
         "language": "en",
     }
     if dump_templates:
-        from ipo_cli.clip.scoring import fill
+        from ipo_cli.data.templates import str_format
 
         # CLIP_benchmark dumps `dataset.templates`: a list with {c}, or CuPL's class -> sentences
         out["templates"] = dict(prompt.per_class) if prompt.per_class is not None \
-            else [fill(t, "{c}") for t in prompt.templates]
+            else [str_format(t) for t in prompt.templates]
     return out

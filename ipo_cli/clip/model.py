@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ipo_cli.cache import Store, sha256_file
 from ipo_cli.clip.spec import ClipSpec, card_key, image_key, text_key
+from ipo_cli.clip.warm import remember_unreadable
 from ipo_cli.data.folders import UnreadableImage, load_image
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import cached as checked
@@ -104,10 +105,12 @@ class ClipModel:
 
         results: dict[int, np.ndarray] = {}
         keys: dict[int, str] = {}
+        shas: dict[int, str] = {}
         todo: list[int] = []
         for i, path in enumerate(paths):
             try:
-                keys[i] = self.image_key(sha256_file(path))
+                shas[i] = sha256_file(path)
+                keys[i] = self.image_key(shas[i])
             except OSError:  # unreadable: load_image below reports why
                 keys[i] = ""
                 todo.append(i)
@@ -135,6 +138,8 @@ class ClipModel:
                     tensor, error = future.result()
                     if error is not None:
                         failures.append(error)
+                        if store is not None and i in shas:  # the warm path skips it too (clip/warm.py)
+                            remember_unreadable(store, shas[i], self.image_loading, error)
                     else:
                         tensors.append(tensor)
                         batch_idx.append(i)

@@ -7,37 +7,16 @@ templates), or per-class prompts (CuPL style: several full sentences per class).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+# The template language (placeholders, braces, the text scored) is data/templates.py's;
+# these names stay here for the callers that import them from scoring.
+from ipo_cli.data.templates import PLACEHOLDERS, check_template, fill, placeholder_count  # noqa: F401
 from ipo_cli.errors import IpoError
-
-PLACEHOLDERS = ("<CLASS>", "{c}", "{}")
-_PLACEHOLDER_RE = re.compile(r"<CLASS>|\{c\}|\{\}")
-
-
-def placeholder_count(template: str) -> int:
-    return len(_PLACEHOLDER_RE.findall(template))
-
-
-def check_template(template: str, where: str = "") -> str:
-    """The template itself, or a one-line error when it has no placeholder or several."""
-    n = placeholder_count(template)
-    if n != 1:
-        what = "no class placeholder" if n == 0 else f"{n} class placeholders"
-        raise IpoError(
-            f"template {template!r}{where} has {what}",
-            "write exactly one of {}, {c} or <CLASS> where the class name goes",
-        )
-    return template
-
-
-def fill(template: str, classname: str) -> str:
-    return _PLACEHOLDER_RE.sub(lambda _: classname, template, count=1)
 
 
 @dataclass

@@ -11,6 +11,7 @@ without open_clip) and the cold one (clip/model.py) must agree on it: both get i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def parse_clip(model: str, weights: Path | str | None = None, *, check_names: bo
         try:
             cfg = json_in.read_json(config, "model config")
             if not (isinstance(cfg, dict) and isinstance(cfg.get("embed_dim"), int)
+                    and not isinstance(cfg.get("embed_dim"), bool)
                     and isinstance(cfg.get("vision_cfg"), dict) and isinstance(cfg.get("text_cfg"), dict)):
                 raise ValueError("not an open_clip config")
         except (ValueError, IpoError):
@@ -133,6 +135,31 @@ def image_key(file_sha: str, identity: str, preprocess_id: str, version: str, pr
     extra: tuple[str, ...] = () if precision == "fp32" else (precision,)  # fp32 keys predate the precision
     extra += () if image_loading == "ipo" else (image_loading,)  # ipo keys predate the choice
     return "img:" + key_of(file_sha, identity, preprocess_id, version, *extra)
+
+
+@functools.lru_cache(maxsize=1)
+def pillow_version() -> str:
+    """The installed Pillow's version, read without importing it: what decodes an image."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("pillow")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def unreadable_key(file_sha: str, image_loading: str = "ipo") -> str:
+    """Where the cache remembers that these bytes could not be read as an image: by their
+    hash (changed bytes are checked again), the decoder's version and ipo's (its image
+    gates), and the loading (EXIF rotation can fail where convert("RGB") does not). No
+    model in it: an image unreadable for one CLIP is unreadable for all."""
+    from ipo_cli import __version__
+    from ipo_cli.cache import key_of
+
+    return "unreadable:" + key_of(file_sha, image_loading, pillow_version(), __version__)
+
+
+UNREADABLE_PATH = "<path>"  # a reason names its file by this, filled in when read back
 
 
 def card_key(identity: str, version: str) -> str:

@@ -3,6 +3,12 @@
 When every text and image embedding a command needs is on disk (with the model's "card",
 which `ClipModel.remember` writes), `CachedClip` stands in for the loaded model; the
 cache keys come from clip/spec.py, the same ones the model writes.
+
+An image the model found unreadable (truncated, not an image, over the size gates) has no
+embedding and never will; the model remembers it as unreadable by its bytes' hash
+(`remember_unreadable`), so that one bad file does not switch the warm path off for good:
+it is skipped warm with the same reason as cold, and checked again when its bytes change
+(a new hash), or when Pillow or ipo changes (part of the key, clip/spec.py).
 """
 
 from __future__ import annotations
@@ -11,9 +17,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ipo_cli.cache import Store, sha256_file
-from ipo_cli.clip.spec import card_key, image_key, light_identity, open_clip_version, text_key
+from ipo_cli.clip.spec import UNREADABLE_PATH, card_key, image_key, light_identity, open_clip_version, text_key, unreadable_key
+from ipo_cli.data.folders import UnreadableImage
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import cached as checked
+
+
+def remember_unreadable(store: Store, file_sha: str, image_loading: str, error: UnreadableImage) -> None:
+    """Keep why these bytes are no image (the file's own path left out: the same bytes can
+    lie elsewhere under another name)."""
+    reason = str(error.reason).replace(str(error.path), UNREADABLE_PATH)
+    store.set_json(unreadable_key(file_sha, image_loading), {"reason": reason[:2000]})
+
+
+def remembered_unreadable(store: Store, path: Path, file_sha: str, image_loading: str) -> UnreadableImage | None:
+    """The remembered failure of these bytes, named by this path, or None."""
+    reason = checked.text_record(store.get_json(unreadable_key(file_sha, image_loading)), "reason")
+    if reason is None:
+        return None
+    return UnreadableImage(path, reason.replace(UNREADABLE_PATH, str(path)))
 
 
 class CachedClip:
@@ -64,25 +86,39 @@ class CachedClip:
                      progress: Callable[[int], None] | None = None):
         import numpy as np
 
-        rows = []
-        for path in paths:
-            row = checked.vector(self.store.get_array(self.image_key(sha256_file(path))), int(self.card["embed_dim"]))
-            if row is None:  # has_images said otherwise: changed since (another process)
-                raise IpoError(f"the cached embedding of {path} changed while ipo read it", "run the command again")
-            rows.append(row)
-            self.stats["images_cached"] += 1
+        dim = int(self.card["embed_dim"])
+        rows, kept, failures = [], [], []
+        for i, path in enumerate(paths):
+            try:
+                sha = sha256_file(path)
+            except OSError:
+                sha = ""
+            row = checked.vector(self.store.get_array(self.image_key(sha)), dim) if sha else None
+            if row is not None:
+                rows.append(row)
+                kept.append(i)
+                self.stats["images_cached"] += 1
+            else:
+                failure = remembered_unreadable(self.store, path, sha, self.image_loading) if sha else None
+                if failure is None:  # has_images said otherwise: changed since (another process)
+                    raise IpoError(f"the cached embedding of {path} changed while ipo read it", "run the command again")
+                failures.append(failure)
             if progress:
                 progress(1)
-        return np.stack(rows), list(range(len(paths))), []
+        emb = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+        return emb, kept, failures
 
     def has_images(self, paths: Sequence[Path]) -> bool:
+        """Whether every image has its embedding, or is remembered as unreadable (the same
+        bytes failed before, with this Pillow and this ipo)."""
         dim = int(self.card["embed_dim"])
         for path in paths:
             try:
-                cached = self.store.get_array(self.image_key(sha256_file(path)))
+                sha = sha256_file(path)
             except OSError:
                 return False
-            if checked.vector(cached, dim) is None:
+            if checked.vector(self.store.get_array(self.image_key(sha)), dim) is None \
+                    and remembered_unreadable(self.store, path, sha, self.image_loading) is None:
                 return False
         return True
 

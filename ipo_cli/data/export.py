@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ipo_cli.clip.scoring import Prompt, fill
+from ipo_cli.clip.scoring import Prompt
+from ipo_cli.data.templates import fill, str_format
 from ipo_cli.errors import IpoError
 
 TARGETS = ("clip_benchmark", "cupl")
@@ -50,12 +51,15 @@ def export(prompts: list[Prompt], key: str, to: str = "clip_benchmark", top: int
     if to == "clip_benchmark":
         if per_class is not None:
             return Exported({key: {c: list(v) for c, v in per_class.items()}}, key, len(per_class))
-        # CLIP_benchmark fills templates with str.format(c=classname)
-        # (metrics/zeroshot_classification.py, zero_shot_classifier)
-        return Exported({key: [fill(t, "{c}") for t in templates]}, key, len(templates))
+        # CLIP_benchmark fills a list of templates with `template.format(c=classname)` and
+        # uses a dict's per-class sentences as they are (LAION-AI/CLIP_benchmark
+        # clip_benchmark/metrics/zeroshot_classification.py, zero_shot_classifier): one {c},
+        # every other brace doubled, so that it scores the very text ipo scored
+        return Exported({key: [str_format(t) for t in templates]}, key, len(templates))
     if per_class is not None:
         return Exported({c: list(v) for c, v in per_class.items()}, key, len(per_class))
     if not classnames:
         raise IpoError("CuPL's files hold sentences per class, and these prompts name no classes",
                        "pass --classes FILE (a run's prompts.json records its own)")
+    # CuPL's files hold finished sentences (used as they are): the text ipo scores per class
     return Exported({c: [fill(t, c) for t in templates] for c in classnames}, key, len(classnames))

@@ -141,9 +141,9 @@ def parse_prompts(data: Any, source: str = "prompts file") -> list[Prompt]:
 
 
 def _is_cupl(data: dict) -> bool:
-    from ipo_cli.clip.scoring import placeholder_count
+    from ipo_cli.data.templates import looks_like_template
 
-    return all(isinstance(v, list) and v and all(isinstance(t, str) and placeholder_count(t) == 0 for t in v)
+    return all(isinstance(v, list) and v and all(isinstance(t, str) and not looks_like_template(t) for t in v)
                for v in data.values())
 
 
@@ -263,10 +263,11 @@ def _paper_entry(dataset: str, shots: int) -> dict:
 
 
 def to_clip_benchmark(name: str, templates: list[str]) -> dict[str, list[str]]:
-    """The CLIP_benchmark template file for these templates (`{c}` placeholders)."""
-    from ipo_cli.clip.scoring import fill
+    """The CLIP_benchmark template file for these templates: one `{c}` each, other braces
+    doubled (data/templates.py, `str_format`)."""
+    from ipo_cli.data.templates import str_format
 
-    return {name: [fill(t, "{c}") for t in templates]}
+    return {name: [str_format(t) for t in templates]}
 
 
 def paper_prompt(dataset: str | None, shots: int = 1) -> Prompt | None:

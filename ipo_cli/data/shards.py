@@ -20,8 +20,6 @@ from the tar is ever used as a path.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import tarfile
 from pathlib import Path
@@ -78,7 +76,7 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
         raise IpoError(f"{folder} has no {split!r} split (no {split}/nshards.txt)",
                        f"choose one with --split-part: {', '.join(present)}")
     names = classnames if classnames is not None else read_classnames(folder)
-    store = cache.cache_root(cache_dir) / "shard-images"
+    store = cache.ShardImages(cache_dir)  # under --cache-dir, bounded in total (cache.py)
     items: list[ImageItem] = []
     for index in range(_nshards(count_file)):
         shard = folder / split / f"{index}.tar"
@@ -87,7 +85,7 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
         for key, image, ext, label in _samples(shard):
             if not 0 <= label < len(names):
                 raise IpoError(f"sample {key!r} of {shard} has label {label}, but there are {len(names)} classes")
-            items.append(ImageItem(_store(store, image, ext), label))
+            items.append(ImageItem(store.put(image, ext), label))
     if not items:
         raise IpoError(f"the {split!r} split of {folder} holds no image with a .cls label")
     return Dataset(list(names), items, folder, image_loading="reference")
@@ -131,18 +129,3 @@ def _sample(shard: Path, key: str, parts: dict):
     if not re.fullmatch(r"\d{1,9}", text):
         raise IpoError(f"sample {key!r} of {shard} has the label {text[:20]!r}, not a class number")
     yield key, parts[image_ext], image_ext, int(text)
-
-
-def _store(root: Path, data: bytes, ext: str) -> Path:
-    digest = hashlib.sha256(data).hexdigest()
-    path = root / digest[:2] / f"{digest}.{ext}"
-    if not path.is_file():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        except OSError as exc:
-            raise IpoError(f"cannot store a shard image under {root}: {exc.strerror or exc}",
-                           "free some disk space or pass --cache-dir") from None
-    return path

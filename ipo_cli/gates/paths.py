@@ -14,6 +14,7 @@ import errno
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from ipo_cli.errors import IpoError
@@ -188,3 +189,52 @@ def inside(path: Path | str, root: Path | str) -> bool:
         return Path(path).resolve().is_relative_to(Path(root).resolve())
     except (OSError, ValueError, RuntimeError):
         return False
+
+
+def refuse_input_as_output(out: Path | str | None, inputs: Iterable[Path | str | None], what: str = "--out",
+                           folder: bool = False) -> None:
+    """Refuse, before any work, an output that would overwrite what the command reads.
+
+    `out` (a file, or with `folder` a folder ipo writes or replaces, `--force`) must not be
+    an input by any name (the same path, a link to it, a hard link: same device and inode),
+    nor lie inside a folder being read (`ipo describe DIR --out DIR/photo.png` would
+    replace the photo with JSON lines; a file written into an image folder may be read as
+    an image next time). A folder output must also not hold an input (`--force` replaces
+    the folder). `inputs` are the files and folders the command reads, each image file
+    included where the command lists them (one stat each); None entries and paths that do
+    not exist (such as `paper:NAME`) are skipped."""
+    if out is None:
+        return
+    out_path = Path(out)
+    try:
+        resolved_out = out_path.resolve()
+        out_info = out_path.stat()  # follows links: what would be written is the target
+        out_id: tuple[int, int] | None = (out_info.st_dev, out_info.st_ino)
+    except FileNotFoundError:
+        out_id = None  # not there yet: it cannot be an input, only lie inside one
+    except (OSError, RuntimeError, ValueError):
+        return  # the paths gate (check_out_file) says what is wrong with such an --out
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        source = Path(given)
+        try:
+            info = source.stat()
+        except (OSError, ValueError):
+            continue
+        if out_id is not None and (info.st_dev, info.st_ino) == out_id:
+            raise IpoError(f"{what} {out_path} is {source}, which this command reads; writing it would destroy "
+                           "its input", f"choose another {what} path")
+        is_dir = stat.S_ISDIR(info.st_mode)
+        if not is_dir and not (folder and out_id is not None):
+            continue
+        try:
+            resolved = source.resolve()
+        except (OSError, RuntimeError, ValueError):
+            continue
+        if is_dir and resolved_out != resolved and resolved_out.is_relative_to(resolved):
+            raise IpoError(f"{what} {out_path} lies inside {source}, a folder this command reads",
+                           f"write {what} outside {source}")
+        if folder and resolved != resolved_out and resolved.is_relative_to(resolved_out):
+            raise IpoError(f"{what} {out_path} holds {source}, which this command reads (the folder is ipo's to "
+                           "write and replace)", f"choose a {what} folder that holds none of the inputs")

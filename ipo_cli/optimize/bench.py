@@ -122,7 +122,7 @@ def run_cells(cells_: list[Cell], given: Overrides, budget: str | None,
             from ipo_cli.optimize.run_folder import RunFolder
 
             saved = RunFolder.open(cell.folder)[1].get("request", {})
-            request = make_request(Overrides(), None, saved)
+            request = make_request(Overrides(), None, saved, str(cell.folder / "config.json"))
         summary = run_one(request, cell.folder, resume)
         if summary.get("interrupted"):
             raise KeyboardInterrupt

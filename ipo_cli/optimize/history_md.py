@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ipo_cli.data.prompts import SCHEMA, to_clip_benchmark
 from ipo_cli.errors import IpoError
-from ipo_cli.gates import json_in
 from ipo_cli.optimize.loop import LoopResult
 from ipo_cli.optimize.run_folder import RunFolder
 
@@ -82,11 +81,11 @@ def prompts_document(result: LoopResult, name: str, clip: str, select: str, meta
 
 def write_outputs(folder: RunFolder, result: LoopResult, name: str, clip: str, select: str, meta: dict) -> None:
     folder.write_text("history.md", history_markdown(folder.records(), result, select))
-    try:
-        run_config = json_in.read_json(folder.path / "config.json", "run config")
+    try:  # opened as every reader opens it: each field of its type (run_folder.SavedConfig)
+        run_config: dict | None = RunFolder.open(folder.path)[1]
     except IpoError:
         run_config = None
-    document = prompts_document(result, name, clip, select, meta, run_config if isinstance(run_config, dict) else None)
+    document = prompts_document(result, name, clip, select, meta, run_config)
     folder.write_json("prompts.json", document)
     folder.write_json("templates_clip_benchmark.json",
                       to_clip_benchmark(name, [p["template"] for p in document["prompts"]]))

@@ -108,23 +108,22 @@ class Request:
             value = getattr(self, name)
             if value is None and name == "n_ctx":  # the model's own context
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not low <= value <= high:
-                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+                from ipo_cli.gates.typed import value_kind
+
+                raise IpoError(f"{flag} must be a number from {low} to {high}, not {value_kind(value)}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> Request:
+    def from_dict(cls, data: dict, source: str = "the run's settings") -> Request:
+        """A Request from saved settings (a run's config.json is outside input): each value
+        must be of its field's declared type (gates/typed.py reads the types from this
+        dataclass, so a new field is checked without a list to keep in step); `source`
+        names the file in the one-line error."""
+        from ipo_cli.gates.typed import check_fields
+
+        check_fields(data, cls, source, f"fix it in {source}, or start a new run")
         names = {f.name for f in fields(cls)}
-        for f in fields(cls):  # a saved config.json is outside input: each value of its field's kind
-            value, kind = data.get(f.name), str(f.type)
-            if value is None:
-                continue
-            ok = isinstance(value, (str, Path)) if ("str" in kind or "Path" in kind) else \
-                isinstance(value, bool) if kind == "bool" else \
-                isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not ok:
-                raise IpoError(f"the setting {f.name!r} is {str(value)[:40]!r} (a {type(value).__name__}), "
-                               f"not a {kind.replace(' | None', '')}", "fix the run's config.json, or start a new run")
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -201,10 +200,16 @@ class Placement:
             raise IpoError(f"--parallel must be at least 1, not {self.parallel}")
 
 
-def make_request(given: Overrides, budget: str | None = None, saved: dict | None = None) -> Request:
+def make_request(given: Overrides, budget: str | None = None, saved: dict | None = None,
+                 source: str = "the run's saved settings") -> Request:
     """The settings of a run, by precedence: what the user typed, then the presets
     (--budget's steps x candidates; --dataset's images, task hint and baseline template),
-    then a resumed run's saved settings, then the defaults."""
+    then a resumed run's saved settings (read from `source`, named in errors), then the
+    defaults."""
+    if saved:  # checked before anything is read from them (a float for --steps, a list as text)
+        from ipo_cli.gates.typed import check_fields
+
+        check_fields(saved, Request, source, f"fix it in {source}, or start a new run")
     typed = given.given()
     data = dict(saved or {})
     if budget:
@@ -226,9 +231,13 @@ def make_request(given: Overrides, budget: str | None = None, saved: dict | None
     if not data.get("images"):
         raise IpoError("missing the images folder",
                        "ipo optimize IMAGES --classes classes.txt, --dataset NAME --data-root DIR, or --resume DIR")
+    names = {f.name for f in fields(Request)}
     try:
-        request = Request.from_dict(data)
+        request = Request(**{k: v for k, v in data.items() if k in names})
     except TypeError as exc:
         raise IpoError(f"the saved settings are malformed: {exc}", "start a new run") from None
-    request.check()
+    request.check()  # each range, named by its flag
+    from ipo_cli.gates.typed import check_fields
+
+    check_fields(request.settings(), Request, "the settings", "pass each setting as its type")  # a library caller's 2.5
     return request

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,24 @@ RECORD_FIELDS = {
     "step": {"step": int, "improved": bool, "best_accuracy": (int, float), "best_loss": (int, float)},
 }
 SCORED_FIELDS = {"accuracy": (int, float), "loss": (int, float), "template": str}
+
+
+@dataclass
+class SavedConfig:
+    """The fields of config.json that ipo reads back (optimize/job.py writes them), by
+    type. `RunFolder.open` checks each present one (gates/typed.py), so that resume,
+    `ipo report` and bench get values of these types: "train_classnames": "abc" is not
+    the classes a, b, c, and a split entry is [path, label]."""
+
+    request: dict[str, Any]
+    models: dict[str, Any]
+    classnames: list[str]
+    train_classnames: list[str]
+    split: dict[str, list[tuple[str, int]]]
+    descriptions: list[dict[str, Any]]
+    versions: dict[str, Any]
+    ipo_version: str
+    created: str
 
 
 def is_run_folder(path: Path) -> bool:
@@ -117,8 +136,10 @@ class RunFolder:
             raise IpoError(f"{config_path} is corrupt: {exc.message}", "restore it, or start a new run") from None
         if not isinstance(config, dict):
             raise IpoError(f"{config_path} is corrupt: a {type(config).__name__}, not an object")
-        if not isinstance(config.get("request", {}), dict) or not isinstance(config.get("models", {}), dict):
-            raise IpoError(f"{config_path} is corrupt: 'request' and 'models' must be objects")
+        from ipo_cli.gates.typed import check_fields
+
+        check_fields(config, SavedConfig, f"{config_path} is corrupt", "restore it, or start a new run",
+                     prefix="the field")
         if config.get("format") != RUN_FORMAT:
             raise IpoError(f"{path} was written by an incompatible ipo (run format {config.get('format')}, "
                            f"this ipo reads {RUN_FORMAT})", "start a new run")
