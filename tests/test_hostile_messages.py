@@ -166,7 +166,7 @@ def test_report_refuses_a_short_per_class_and_classnames_as_a_string(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     run = _run(other, [_candidate(0), _step(0)], train_classnames="abc")
-    user_error(run_ipo("report", run), "not a list of class names")
+    user_error(run_ipo("report", run), "'train_classnames' is the text 'abc', not a list")  # config.json's typed gate
 
 
 def test_a_nan_accuracy_in_the_history_is_refused(tmp_path):
