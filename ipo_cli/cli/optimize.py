@@ -78,7 +78,7 @@ def optimize_cmd(
     offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.", rich_help_panel=MODELS)] = False,
     device: DeviceOpt = "auto",
     gpu_layers: GpuLayersOpt = None,
-    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Candidates of a step sent to --llm-url at once (default: --candidates); results equal a sequential run.", rich_help_panel=MODELS)] = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Most requests in flight at once to --llm-url (default: the slots the server reports, else --candidates); results equal a sequential run. OpenAI and vLLM get a step's candidates in one request (n).", rich_help_panel=MODELS)] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -203,7 +203,10 @@ class _OptimizeReporter(_Reporter):
 
         from rich.text import Text
 
-        parallel = f", {plan['parallel']} requests in flight" if plan.get("parallel", 1) > 1 else ""
+        parallel = ""
+        if plan.get("llm_server"):  # a server: one request with n (OpenAI, vLLM), else requests into its slots
+            parallel = (f", up to {plan['parallel']} requests in flight" if plan.get("parallel")
+                        else ", sent together as the server allows")
         err.print(Text.assemble(
             ("plan", "bold"),
             f": {plan['train_images']} training images ({plan['shots']} per class, "

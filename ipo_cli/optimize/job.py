@@ -93,7 +93,6 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     use_lmm = (request.lmm or "").lower() != "none"
     models_plan = model_plan(request, use_lmm, placement.gpu_layers)
     gpu_layers = models_plan.get("gpu_layers")  # resolved once, for every llama.cpp model of the run
-    parallel = placement.parallel or request.candidates
     plan = {
         "images": len(full.items), "classes": len(full.classnames), "train_classes": len(train.classnames),
         "shots": request.shots, "train_images": len(train.items), "val_images": len(val.items) if val else 0,
@@ -101,7 +100,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         "llm_calls_max": request.steps * request.candidates,
         "captions": 0,
         **models_plan,
-        "parallel": parallel if request.llm_url else 1,
+        "llm_server": bool(request.llm_url),
+        "parallel": placement.parallel if request.llm_url else 1,  # None: what the server reports
         "clip": request.clip, "out": str(out),
         "sample": sampling.sample_source(request),
     }
@@ -188,8 +188,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
 
     loop = LoopSettings(**{f.name: getattr(request, f.name) for f in fields(LoopSettings) if hasattr(request, f.name)})
     scorer = ClipScorer(clip, train_set, val_set)
-    if hasattr(llm, "parallel"):  # a server: the step's answers in flight at once (--parallel)
-        llm.parallel = parallel
+    if hasattr(llm, "parallel"):  # a server: most requests of a step in flight (--parallel; None: its slots)
+        llm.parallel = placement.parallel
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
                           on_step=reporter.step)
     result = optimizer.run()

@@ -179,7 +179,7 @@ class Placement:
 
     device: str = "auto"  # CLIP: auto, cpu, cuda[:N]
     gpu_layers: int | None = None  # llama.cpp offload: None = all with a GPU build, else 0; -1 all
-    parallel: int | None = None  # candidates in flight to --llm-url (default: --candidates)
+    parallel: int | None = None  # most requests in flight to --llm-url (default: the server's slots)
     cache_dir: Path | None = None
     offline: bool = False  # never download a default model
 
