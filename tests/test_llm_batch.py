@@ -5,10 +5,10 @@ import json
 
 import pytest
 import regex
+from conftest import run_ipo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_ipo
 from ipo_cli.errors import IpoError
 from ipo_cli.llm.base import SamplingSettings, batch_tag, generate_many
 from ipo_cli.llm.llama import LlamaCppLLM
