@@ -151,7 +151,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
                 backend = describe.load_vision(plan["lmm"] if not request.lmm_url else None,
                                                Path(request.mmproj) if request.mmproj else None,
                                                request.handler, request.lmm_url, request.lmm_model,
-                                               gpu_layers=gpu_layers)
+                                               gpu_layers=gpu_layers, n_threads=threads.threads)
         lmm_identity = backend.identity
         captioner = describe.Captioner(backend, cache.Store(root, "captions"))
         chosen, readable = set(described), set(train_set.dataset.paths)

@@ -174,8 +174,10 @@ class Overrides:
 
 @dataclass
 class Placement:
-    """Where and how fast a run computes; none of it changes the result, so none of it is
-    saved with the run."""
+    """Where and how fast a run computes; none of it changes whether the result is valid, so none
+    of it is compared on resume. `batch` changes which answers an in-process LLM gives (a batch's
+    kernels differ from one sequence's; the generation cache keys say which path made an answer),
+    so config.json records it (`llm_answers`)."""
 
     device: str = "auto"  # CLIP: auto, cpu, cuda[:N]
     gpu_layers: int | None = None  # llama.cpp offload: None = all with a GPU build, else 0; -1 all
