@@ -17,8 +17,11 @@ step to step), and the median is reported. Then the same again beside one CPU-bo
 Goals (issue 20): the stand-in's step at least 2.5x faster batched than sequential;
 Gemma-3-270M at least 2x; beside one busy process a step at most 2x slower than idle.
 
-The batched path is llm/llama.py's own (its constructor's batching switch); where this
-build has none, only the sequential column is measured and the batched one says so.
+"sequential" is today's path: one answer after another, the grammar over the whole
+vocabulary at every token, os.cpu_count() threads (LlamaCppLLM(batch=False,
+lazy_grammar=False)); "batched" is the new default: one llama.cpp batch of N sequences, the
+grammar checked on the sampled token first, the physical cores the process may use
+(LlamaCppLLM's defaults). Where this build has no batched path, only the first is measured.
 Everything here runs on the machine's CPUs as they are: other work on them moves every
 figure, so report the load next to the numbers (the script prints it).
 
@@ -82,21 +85,24 @@ MODELS = {"smollm2": ("SmolLM2-135M (Q4_1, 49k vocab)", smollm_path),
           "standin": ("Qwen2.5-1.5B stand-in (Q4_K_M, 152k vocab)", standin_path)}
 
 
-def batch_switch() -> str | None:
-    """The name of LlamaCppLLM's constructor switch between the batched and the sequential
-    path, where this build has one."""
+def has_batch() -> bool:
+    """Whether this build's LlamaCppLLM has the batched path (llm-batch: `batch`, `lazy_grammar`)."""
     from ipo_cli.llm.llama import LlamaCppLLM
 
-    params = inspect.signature(LlamaCppLLM.__init__).parameters
-    return next((name for name in ("batched", "batch") if name in params), None)
+    return {"batch", "lazy_grammar"} <= set(inspect.signature(LlamaCppLLM.__init__).parameters)
 
 
-def load(path: Path, batched: bool, threads: int | None):
+def load(path: Path, new: bool, threads: int | None):
+    """Today's path: one answer after another, the grammar run over the whole vocabulary at
+    every token, os.cpu_count() threads (what ipo did before issue 20). The new path:
+    LlamaCppLLM's defaults (one batch of N sequences, the grammar checked on the sampled
+    token first, the physical cores the process may use). --threads sets both."""
     from ipo_cli.llm.llama import LlamaCppLLM
 
-    switch = batch_switch()
-    extra = {switch: batched} if switch else {}
-    return LlamaCppLLM(path, n_ctx=4096, n_threads=threads, **extra)
+    if not new:
+        extra = {"batch": False, "lazy_grammar": False} if has_batch() else {}
+        return LlamaCppLLM(path, n_ctx=4096, n_threads=threads or max(1, os.cpu_count() or 1), **extra)
+    return LlamaCppLLM(path, n_ctx=4096, n_threads=threads)
 
 
 def meta_prompt(llm, extra_history: int) -> list[dict]:
@@ -145,9 +151,8 @@ class Busy:
 
 def measure(name: str, path: Path, rounds: int, threads: int | None, busy_seconds: float) -> dict:
     label = MODELS[name][0]
-    switch = batch_switch()
     paths = {"sequential": load(path, False, threads)}
-    if switch:
+    if has_batch():
         paths["batched"] = load(path, True, threads)
     seeds = [1000 + i for i in range(N)]
     for llm in paths.values():  # warm-up: the fixed prefix is now in each context
@@ -181,7 +186,7 @@ def measure(name: str, path: Path, rounds: int, threads: int | None, busy_second
             bat_s, bat_tok = row["batched"]
             line += f" | batched {bat_s:6.2f} s/step ({bat_tok / bat_s:5.1f} tok/s) | speed-up {seq_s / bat_s:.2f}x"
         else:
-            line += " | batched: not in this build (no batching switch on LlamaCppLLM)"
+            line += " | batched: not in this build (LlamaCppLLM has no `batch`)"
         print(line)
     for p in paths:
         print(f"  beside one busy process, {p}: {results['busy'][p][0] / results['idle'][p][0]:.2f}x the idle step "
@@ -198,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     load1, load5, _ = os.getloadavg()
     print(f"CPUs this process may use: {len(os.sched_getaffinity(0))}; load average {load1:.1f} (1 min), "
-          f"{load5:.1f} (5 min) before the run; batching switch: {batch_switch() or 'none in this build'}")
+          f"{load5:.1f} (5 min) before the run; os.cpu_count() {os.cpu_count()}; batched path: {has_batch()}")
     for name in args.models.split(","):
         measure(name, MODELS[name][1](), args.rounds, args.threads, args.busy_seconds)
     load1, load5, _ = os.getloadavg()
