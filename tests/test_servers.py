@@ -13,7 +13,7 @@ from ipo_cli.errors import IpoError
 from ipo_cli.llm.base import SamplingSettings, unwrap_answer
 from ipo_cli.llm.loading import load_llm
 from ipo_cli.llm.openai_http import OpenAIServerLLM
-from servers import FakeOllama, FakeOpenAI, TrickleServer
+from servers import FakeChatServer, FakeOllama, FakeOpenAI, TrickleServer
 
 GRAMMAR = 'root ::= "<INS>" [a-z ]* "<CLASS>" [a-z ]* "</INS>"'
 MESSAGES = [{"role": "system", "content": "You write prompts."}, {"role": "user", "content": "One prompt, please."}]
@@ -201,21 +201,121 @@ def _optimize(fashion_train, out, url, clip, *extra, env=None):
                    *clip, "--out", out, "--json", *extra, env=env)
 
 
-def test_parallel_overlaps_requests_and_equals_a_sequential_run(tmp_path, fashion_train, clip_args):
+def test_llama_server_slots_take_a_step_concurrently_and_equal_a_sequential_run(tmp_path, fashion_train, clip_args):
+    """llama-server: one request per candidate, as many at once as its /props `total_slots`
+    (--parallel 1: one after another); the answers are the same either way."""
     replies = lambda payload: f"<INS>a photo number {payload['seed'] % 997} of a <CLASS>.</INS>"  # noqa: E731
-    env = {"IPO_API_KEY": KEY}
     runs = {}
-    for parallel in ("1", "5"):
-        with FakeOpenAI(key=KEY, latency=0.3, reply=replies) as api:
+    for parallel in ("1", None):
+        with FakeChatServer(reply=replies, slots=5, latency=0.3) as server:
             out = tmp_path / f"run-{parallel}"
-            result = _optimize(fashion_train, out, api.url + "/v1", clip_args,
-                               "--parallel", parallel, "--llm-model", "gpt-4o-mini",
-                               env={**env, "IPO_CACHE_DIR": str(tmp_path / f"cache-{parallel}")})
+            extra = ("--parallel", parallel) if parallel else ()
+            result = _optimize(fashion_train, out, server.url + "/v1", clip_args, *extra,
+                               env={"IPO_CACHE_DIR": str(tmp_path / f"cache-{parallel}")})
             assert result.returncode == 0, result.stderr
-            runs[parallel] = (api.max_in_flight, [json.loads(line) for line in (out / "history.jsonl").open()])
-    assert runs["1"][0] == 1 and runs["5"][0] >= 3
+            assert all("n" not in p for p in server.payloads)  # llama-server refused n != 1 (before n_cmpl)
+            runs[parallel] = (server.max_in_flight, [json.loads(line) for line in (out / "history.jsonl").open()])
+    assert runs["1"][0] == 1 and runs[None][0] == 5
     strip = lambda recs: [{k: v for k, v in r.items() if k not in ("seconds", "usage")} for r in recs]  # noqa: E731
-    assert strip(runs["1"][1]) == strip(runs["5"][1])
+    assert strip(runs["1"][1]) == strip(runs[None][1])
+
+
+@pytest.mark.parametrize(("slots", "parallel", "props", "expected"), [
+    (5, None, True, 5), (2, None, True, 2), (5, 1, True, 1), (5, 3, True, 3), (2, None, False, 2)])
+def test_llama_server_in_flight_follows_its_slots_unless_told(slots, parallel, props, expected):
+    """The default is the slots /props reports; without /props (llama-cpp-python's server)
+    all N are sent and the server's own queue holds what its slots cannot take."""
+    seeds = [11, 12, 13, 14, 15]
+    with FakeChatServer(reply=lambda p: f"answer {p['seed']}", slots=slots, latency=0.3, props=props) as server:
+        llm = load_llm(url=server.url + "/v1")
+        llm.parallel = parallel
+        gens = llm.generate_many(MESSAGES, seeds, SamplingSettings(max_tokens=20), grammar=GRAMMAR)
+    assert llm.slots == (slots if props else None) and not llm.batched_for(5)
+    assert [g.text for g in gens] == [f"answer {s}" for s in seeds] and [g.seed for g in gens] == seeds
+    assert sorted(p["seed"] for p in server.payloads) == seeds and all(p["grammar"] == GRAMMAR for p in server.payloads)
+    # without /props nothing caps ipo's side: 5 go out, and the server's 2 slots hold 2 of them at a time
+    assert server.max_in_flight == (expected if props else 5)
+
+
+def test_the_llama_stand_in_refuses_n_as_llama_server_does():
+    import urllib.error
+    import urllib.request
+
+    def ask(server, n):
+        body = json.dumps({"model": "m", "messages": MESSAGES, "n": n}).encode()
+        request = urllib.request.Request(server.url + "/v1/chat/completions", body, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    with FakeChatServer(slots=2) as old, FakeChatServer(slots=2, n_cmpl=True) as new:
+        assert ask(old, 2) == (500, {"error": {"code": 500, "message": "Only one completion choice is allowed",
+                                               "type": "server_error"}})
+        assert ask(old, 1)[0] == 200
+        status, answer = ask(new, 2)
+        assert status == 200 and [c["index"] for c in answer["choices"]] == [0, 1]
+        status, answer = ask(new, 3)
+        assert status == 500 and "n_cmpl cannot be greater than the number of slots" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize("owned_by", ["system", "vllm"])
+def test_openai_and_vllm_get_a_step_in_one_request_with_n(monkeypatch, owned_by):
+    """OpenAI and vLLM take `n`: the 5 candidates are one request, under the first seed; the
+    choices come back in index order; the prompt is counted once."""
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    seeds = [21, 22, 23, 24, 25]
+    reply = lambda p: f"<INS>choice {p.get('choice_index', 0)} of seed {p['seed']} for a <CLASS>.</INS>"  # noqa: E731
+    with FakeOpenAI(key=KEY, reply=reply, owned_by=owned_by) as api:
+        llm = load_llm(url=api.url + "/v1", url_model="gpt-4o-mini")
+        gens = llm.generate_many(MESSAGES, seeds, SamplingSettings(max_tokens=40), grammar=GRAMMAR)
+        payloads = [p for p in api.payloads if "messages" in p]
+    assert llm.kind == ("openai" if owned_by == "system" else "vllm") and llm.batched_for(5) and not llm.batched_for(1)
+    assert len(payloads) == 1 and payloads[0]["n"] == 5 and payloads[0]["seed"] == 21
+    assert payloads[0]["response_format"]["type"] == "json_schema"
+    assert [g.text for g in gens] == [f"<INS>choice {i} of seed 21 for a <CLASS>.</INS>" for i in range(5)]
+    assert [g.seed for g in gens] == seeds
+    assert gens[0].usage.prompt_tokens > 0 and all(g.usage.prompt_tokens == 0 for g in gens[1:])
+    assert sum(g.usage.completion_tokens for g in gens) > 0
+
+
+def test_a_server_that_ignores_n_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("IPO_API_KEY", KEY)
+    with FakeOpenAI(key=KEY) as api:
+        llm = load_llm(url=api.url + "/v1", url_model="gpt-4o-mini")
+        monkeypatch.setattr(llm, "post", lambda path, payload, base=None: {"choices": [
+            {"index": 0, "message": {"content": "<INS>a <CLASS>.</INS>"}}]})
+        with pytest.raises(IpoError, match="answered 1 choices for n=5"):
+            llm.generate_many(MESSAGES, [1, 2, 3, 4, 5], SamplingSettings())
+
+
+def test_an_openai_run_asks_each_step_in_one_request(tmp_path, fashion_train, clip_args):
+    """The whole command against the OpenAI stand-in: a step of 5 candidates is one request
+    with n=5, whatever --parallel says (it caps requests in flight, and a step is one)."""
+    reply = lambda p: f"<INS>a photo {p.get('choice_index', 0)} {p['seed'] % 997} of a <CLASS>.</INS>"  # noqa: E731
+    with FakeOpenAI(key=KEY, reply=reply, latency=0.1) as api:
+        out = tmp_path / "run"
+        result = _optimize(fashion_train, out, api.url + "/v1", clip_args, "--llm-model", "gpt-4o-mini",
+                           env={"IPO_API_KEY": KEY})
+        assert result.returncode == 0, result.stderr
+        chats = [p for p in api.payloads if "messages" in p]
+    records = [json.loads(line) for line in (out / "history.jsonl").open()]
+    candidates = [r for r in records if r.get("type") == "candidate" and r["step"] > 0]  # step 0: the start template
+    assert len(chats) == 2 and all(p["n"] == 5 for p in chats) and api.max_in_flight == 1
+    assert len(candidates) == 10 and len({r["raw"] for r in candidates}) == 10
+
+
+def test_ollama_gets_one_request_per_candidate_all_at_once():
+    """Ollama has no `n` and does not report OLLAMA_NUM_PARALLEL: the N requests go together
+    and Ollama queues what its slots cannot take."""
+    seeds = [31, 32, 33]
+    with FakeOllama(reply=lambda p: f'{{"prompt": "seed {p["options"]["seed"]} <CLASS>"}}') as ollama:
+        llm = load_llm(url=ollama.url)
+        gens = llm.generate_many(MESSAGES, seeds, SamplingSettings(max_tokens=20), grammar=GRAMMAR)
+    assert llm.kind == "ollama" and llm.in_flight(3) == 3 and not llm.batched_for(3)
+    assert [g.text for g in gens] == [f"<INS>seed {s} <CLASS></INS>" for s in seeds]
+    assert sorted(c["options"]["seed"] for c in ollama.chats) == seeds and all("n" not in c for c in ollama.chats)
 
 
 def test_the_api_key_never_lands_on_disk_or_in_output(tmp_path, fashion_train, clip_args):
@@ -310,7 +410,6 @@ def test_ollama_streams_unless_told_not_to():
 def test_every_openai_style_stand_in_lists_its_models():
     """GET /v1/models is part of every OpenAI-compatible server; ipo takes the one model a
     llama.cpp server lists instead of a made-up name."""
-    from servers import FakeChatServer
 
     with FakeChatServer() as chat, FakeOpenAI(key=KEY) as api, FakeOllama() as ollama:
         import urllib.request

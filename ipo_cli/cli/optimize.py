@@ -33,7 +33,9 @@ from ipo_cli.cli.options import (
     LmmModelOpt,
     LmmOpt,
     LmmUrlOpt,
+    NoBatchOpt,
     SplitOpt,
+    ThreadsOpt,
 )
 from ipo_cli.cli.output import check_out, human_bytes, show
 from ipo_cli.errors import IpoError
@@ -84,7 +86,9 @@ def optimize_cmd(
     offline: Annotated[bool, typer.Option("--offline", help="Never download; name the pull command instead.", rich_help_panel=MODELS)] = False,
     device: DeviceOpt = "auto",
     gpu_layers: GpuLayersOpt = None,
-    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Candidates of a step sent to --llm-url at once (default: --candidates); results equal a sequential run.", rich_help_panel=MODELS)] = None,
+    threads: ThreadsOpt = None,
+    no_batch: NoBatchOpt = False,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", min=1, help="Most requests in flight at once to --llm-url (default: the slots the server reports, else --candidates); results equal a sequential run. OpenAI and vLLM get a step's candidates in one request (n).", rich_help_panel=MODELS)] = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -102,7 +106,8 @@ def optimize_cmd(
         clip_weights=clip_weights, test_images=test_images, allow_outside_root=allow_outside_root,
         dataset=dataset, data_root=data_root, baseline=baseline, fresh_sample=fresh_sample,
         image_loading=image_loading, feedback=feedback, history_order=history_order, pool=pool)
-    placement = Placement(device=device, gpu_layers=gpu_layers, parallel=parallel, cache_dir=cache_dir, offline=offline)
+    placement = Placement(device=device, gpu_layers=gpu_layers, parallel=parallel, threads=threads, batch=not no_batch,
+                          cache_dir=cache_dir, offline=offline)
     saved = None
     if resume is not None:
         from ipo_cli.optimize.run_folder import RunFolder
@@ -223,7 +228,12 @@ class _OptimizeReporter(_Reporter):
 
         from rich.text import Text
 
-        parallel = f", {plan['parallel']} requests in flight" if plan.get("parallel", 1) > 1 else ""
+        parallel = ""
+        if plan.get("llm_server"):  # a server: one request with n (OpenAI, vLLM), else requests into its slots
+            parallel = (f", up to {plan['parallel']} requests in flight" if plan.get("parallel")
+                        else ", sent together as the server allows")
+        if plan.get("llm_answers"):  # the in-process llama.cpp path and its threads
+            parallel += f" ({plan['llm_answers']})"
         err.print(Text.assemble(
             ("plan", "bold"),
             f": {plan['train_images']} training images ({plan['shots']} per class, "

@@ -27,6 +27,8 @@ DatasetOpt = Annotated[Optional[str], typer.Option("--dataset", help="A CoOp dat
 DataRootOpt = Annotated[Optional[Path], typer.Option("--data-root", help="The folder that holds CoOp's dataset folders ($DATA), with --dataset.", rich_help_panel=DATA)]
 ImageLoadingOpt = Annotated[Optional[str], typer.Option("--image-loading", help="How images are decoded: reference (convert to RGB only, as CoOp/Dassl and CLIP_benchmark; the default for --dataset and shards) or ipo (EXIF rotation, transparency on white; the default for your folders).", rich_help_panel=DATA)]
 OutsideRootOpt = Annotated[bool, typer.Option("--allow-outside-root", help="Let --split entries point outside the images folder (.., absolute paths).", rich_help_panel=DATA)]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for llama.cpp and CLIP (default: the physical cores this process may use, after its CPU affinity and cgroup quota).", rich_help_panel=MODELS)]
+NoBatchOpt = Annotated[bool, typer.Option("--no-batch", help="Decode a step's candidates one after another instead of as one llama.cpp batch (other answers, same validity; slower).", rich_help_panel=MODELS)]
 GpuLayersOpt = Annotated[Optional[int], typer.Option("--gpu-layers", min=-1, help="llama.cpp layers to offload to the GPU: -1 all, 0 none (default: all when llama.cpp was built with GPU offload, else 0).", rich_help_panel=MODELS)]
 
 # The models of a run, as ipo optimize and ipo bench take them

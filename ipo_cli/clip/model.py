@@ -283,6 +283,16 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def set_cpu_threads(threads: int) -> None:
+    """torch's intra-op threads on the CPU. torch counts the machine's cores, not a container's
+    quota; ipo runs CLIP and llama.cpp in turn, so each gets the same usable cores (the job
+    decides how many, llm/threads.py) and the two never ask for more between them."""
+    import torch
+
+    if threads >= 1 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def load_clip(spec: ClipSpec, device: str = "auto", precision: str = "auto") -> ClipModel:
     """Load the model once; errors about missing or broken weights are one line."""
     import open_clip

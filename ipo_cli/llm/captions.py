@@ -73,7 +73,7 @@ class LlamaCppVision:
     """A GGUF multimodal model with its projector, through a llama-cpp-python chat handler."""
 
     def __init__(self, model_path: Path, mmproj: Path, handler: str, n_ctx: int = 4096, identity: str | None = None,
-                 gpu_layers: int | None = None):
+                 gpu_layers: int | None = None, n_threads: int | None = None):
         from ipo_cli.store.local import check_gguf
 
         check_gguf(model_path)
@@ -84,14 +84,17 @@ class LlamaCppVision:
         from llama_cpp import Llama
 
         from ipo_cli.llm.placement import resolve_gpu_layers
+        from ipo_cli.llm.threads import llama_threads
 
         cls = getattr(chat_format, HANDLER_CLASSES[handler], None)
         if cls is None:
             raise IpoError(f"this llama-cpp-python has no {HANDLER_CLASSES[handler]}", "upgrade llama-cpp-python")
         try:
             chat_handler = cls(clip_model_path=str(mmproj), verbose=False)
+            threads = llama_threads(n_threads)  # not llama-cpp-python's os.cpu_count() (llm/threads.py)
             self.llama = Llama(str(model_path), chat_handler=chat_handler, n_ctx=n_ctx, verbose=False,
-                               n_gpu_layers=resolve_gpu_layers(gpu_layers))
+                               n_gpu_layers=resolve_gpu_layers(gpu_layers), n_threads=threads,
+                               n_threads_batch=threads)
             # The handler loads the projector on first use; load it now so that a
             # projector that does not fit the model fails here, before any image.
             init = getattr(chat_handler, "_init_mtmd_context", None)
@@ -379,7 +382,7 @@ def collect_images(images: Path, classes: Path | None = None, split_part: str | 
 
 def load_vision(model: str | None = None, mmproj: Path | None = None, handler: str | None = None,
                 url: str | None = None, url_model: str | None = None, n_ctx: int | None = None,
-                gpu_layers: int | None = None, machine: str = "cpu") -> VisionBackend:
+                gpu_layers: int | None = None, machine: str = "cpu", n_threads: int | None = None) -> VisionBackend:
     """`--lmm NAME|FILE [--mmproj FILE] [--handler H]` or `--lmm-url URL [--lmm-model NAME]`.
     (`--lmm clip` needs a CLIP model: ipo_cli.clip.attributes.clip_describer.)"""
     from ipo_cli.llm import registry
@@ -402,4 +405,5 @@ def load_vision(model: str | None = None, mmproj: Path | None = None, handler: s
     if local.mmproj is None:
         raise IpoError(f"the multimodal model {local.name} has no projector", "pass --mmproj FILE.gguf")
     return LlamaCppVision(local.path, local.mmproj, handler or local.handler or "mtmd",
-                          n_ctx=n_ctx or local.n_ctx, identity=local.identity, gpu_layers=gpu_layers)
+                          n_ctx=n_ctx or local.n_ctx, identity=local.identity, gpu_layers=gpu_layers,
+                          n_threads=n_threads)

@@ -1,8 +1,14 @@
-"""A GGUF model run in process by llama.cpp (llama-cpp-python)."""
+"""A GGUF model run in process by llama.cpp (llama-cpp-python).
+
+The N candidates of a step are decoded as one batch of N sequences (llm/batch.py) unless
+`batch=False` (--no-batch); the grammar is checked on the sampled token and applied to the
+whole vocabulary only when that token breaks it, unless `lazy_grammar=False` (then `generate`
+is llama-cpp-python's `create_completion`, as ipo did before). Threads default to the
+physical cores the process may use (llm/threads.py).
+"""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,12 +18,20 @@ from ipo_cli.errors import IpoError
 from ipo_cli.llm.base import Generation, Message, SamplingSettings, Usage, context_error
 from ipo_cli.llm.placement import resolve_gpu_layers
 
+# Sequences one context holds (n_seq_max); more candidates are decoded in groups of this many.
+# llama.cpp allows up to LLAMA_MAX_SEQ (llama_max_parallel_sequences(), 256 in src/llama-cparams.h).
+MAX_SEQUENCES = 64
+# Answer tokens past max_tokens a sequence may take: _create_completion waits out a split UTF-8
+# character (up to 3 more tokens) before it checks the length.
+SLACK_TOKENS = 4
+
 
 class LlamaCppLLM:
     """A GGUF model loaded once into llama.cpp."""
 
     def __init__(self, model_path: Path, n_ctx: int = 4096, n_threads: int | None = None,
-                 identity: str | None = None, verbose: bool = False, gpu_layers: int | None = None):
+                 identity: str | None = None, verbose: bool = False, gpu_layers: int | None = None,
+                 batch: bool = True, lazy_grammar: bool = True):
         from ipo_cli.store.local import check_gguf
 
         check_gguf(model_path)
@@ -25,12 +39,21 @@ class LlamaCppLLM:
             from llama_cpp import Llama
         except ImportError:
             raise IpoError("llama-cpp-python is not installed", "pip install 'ipo-cli[llama]'") from None
-        # llama-cpp-python defaults to half the cores; prompt evaluation wants them all.
-        n_threads = n_threads or max(1, os.cpu_count() or 1)
+        from ipo_cli.llm.threads import llama_threads
+
+        # llama-cpp-python defaults to half of os.cpu_count() for decoding and all of it for
+        # batches (Llama.__init__, llama_cpp/llama.py): logical CPUs, blind to affinity and quota.
+        # A batch of N candidates runs on n_threads_batch (src/llama-context.cpp graph_compute:
+        # `batched ? n_threads_batch : n_threads`), so both get the same count.
+        self.n_threads = llama_threads(n_threads)
+        self.batch, self.lazy_grammar = batch, lazy_grammar
         self.identity = identity or Path(model_path).name
         try:
-            self.llama = Llama(str(model_path), n_ctx=n_ctx, n_threads=n_threads, verbose=verbose,
+            self.llama = Llama(str(model_path), n_ctx=n_ctx, n_threads=self.n_threads,
+                               n_threads_batch=self.n_threads, verbose=verbose,
                                n_gpu_layers=resolve_gpu_layers(gpu_layers))
+            if batch:
+                self._make_batch_context(verbose)
         except Exception as exc:  # noqa: BLE001 - llama-cpp-python builds the GGUF's chat template here too
             if type(exc).__module__.startswith("jinja2"):
                 raise self._template_error(exc) from None
@@ -44,6 +67,7 @@ class LlamaCppLLM:
         self.n_ctx = self.llama.n_ctx()
         self.identity = identity or self.model_path.name
         self._grammars: dict[str, object] = {}
+        self._decoder: Any = None
         template = self.llama.metadata.get("tokenizer.chat_template")
         self._formatter = None
         if template:
@@ -59,6 +83,26 @@ class LlamaCppLLM:
             # One trial render now, before any run folder is written: a template that fails
             # fails here, as one line naming the model.
             self.render([{"role": "system", "content": "test"}, {"role": "user", "content": "test"}])
+
+    def _make_batch_context(self, verbose: bool) -> None:
+        """Swap Llama's context for one with room for MAX_SEQUENCES sequences in one unified KV
+        cache of the same n_ctx: `Llama()` takes neither n_seq_max nor kv_unified (an unknown
+        keyword is swallowed by its **kwargs) and sets them only for embeddings
+        (llama_cpp/llama.py `Llama.__init__`). Its own context is freed first, so the memory
+        peak is one context; everything else of Llama's (n_ctx, its arrays) stays valid."""
+        import contextlib
+
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_params.from_buffer_copy(self.llama.context_params)
+        params.n_seq_max = min(MAX_SEQUENCES, int(llama_cpp.llama_max_parallel_sequences()))
+        params.kv_unified = True
+        self.llama._ctx.close()
+        self.llama._ctx = self.llama._stack.enter_context(contextlib.closing(
+            _internals.LlamaContext(model=self.llama._model, params=params, verbose=verbose)))
+        self.llama.context_params = params
+        self.llama.n_tokens = 0
 
     def _template_error(self, exc: BaseException) -> IpoError:
         from ipo_cli.gates.text import terminal_safe
@@ -100,8 +144,62 @@ class LlamaCppLLM:
                 raise IpoError(f"invalid GBNF grammar: {exc}") from None
         return self._grammars[gbnf]
 
+    # ---- answers -------------------------------------------------------------------------------
+    def batched_for(self, n: int) -> bool:
+        """N > 1 answers asked together come from one batch, whose kernels give other answers than
+        N single sequences would (llm.base.batch_tag)."""
+        return self.batch and n > 1
+
+    def generate_many(self, messages: Sequence[Message], seeds: Sequence[int], settings: SamplingSettings,
+                      grammar: str | None = None) -> list[Generation]:
+        """One answer per seed: one batch of N sequences, else (--no-batch, one seed) in turn."""
+        if not self.batched_for(len(seeds)):
+            return [self.generate(messages, seed, settings, grammar) for seed in seeds]
+        return self._decode(messages, list(seeds), settings, grammar)
+
     def generate(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
                  grammar: str | None = None) -> Generation:
+        if not self.lazy_grammar:
+            return self._completion(messages, seed, settings, grammar)
+        return self._decode(messages, [seed], settings, grammar)[0]
+
+    def _decoder_for(self) -> Any:
+        if self._decoder is None:
+            import llama_cpp
+
+            from ipo_cli.llm.batch import BatchDecoder
+
+            self._decoder = BatchDecoder(self.llama, int(llama_cpp.llama_n_seq_max(self.llama._ctx.ctx)))
+        return self._decoder
+
+    def _decode(self, messages: Sequence[Message], seeds: list[int], settings: SamplingSettings,
+                grammar: str | None) -> list[Generation]:
+        """The answers by llm/batch.py, in groups that fit the context: the prompt once, plus
+        each sequence's answer (the cache is unified: n_ctx cells for all of them)."""
+        prompt, template_stop = self.render(messages)
+        tokens = self.tokenize(prompt)
+        if len(tokens) + settings.max_tokens > self.n_ctx:
+            raise context_error(len(tokens), settings.max_tokens, self.n_ctx)
+        decoder = self._decoder_for()
+        fits = (self.n_ctx - len(tokens)) // (settings.max_tokens + SLACK_TOKENS)
+        group = max(1, min(decoder.n_seq_max, fits))
+        stop = list(settings.stop) + template_stop
+        out: list[Generation] = []
+        for start in range(0, len(seeds), group):
+            part = seeds[start:start + group]
+            answers, reused, seconds = decoder.run(tokens, part, settings.temperature, settings.top_p,
+                                                   settings.max_tokens, stop, grammar, lazy=self.lazy_grammar)
+            for i, (seed, answer) in enumerate(zip(part, answers)):
+                # the prompt is evaluated once for the group: the other sequences reuse all of it
+                usage = Usage(len(tokens), reused if i == 0 else len(tokens), answer.completion_tokens,
+                              seconds / len(part))
+                out.append(Generation(answer.text, seed, answer.finish_reason, usage))
+        return out
+
+    def _completion(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
+                    grammar: str | None = None) -> Generation:
+        """llama-cpp-python's create_completion: the grammar applied to every token of the
+        vocabulary at every step (ipo's path before issue 20; `lazy_grammar=False`)."""
         prompt, template_stop = self.render(messages)
         tokens = self.tokenize(prompt)
         if len(tokens) + settings.max_tokens > self.n_ctx:

@@ -43,7 +43,7 @@ class OpenAIServerLLM:
     sent as a Bearer token and kept out of identities, errors and files.
     """
 
-    parallel = 1  # answers of one step in flight at once (--parallel; the job sets it)
+    parallel: int | None = None  # most requests of a step in flight (--parallel; None: what the server says)
 
     def __init__(self, base_url: str, model: str | None = None, timeout: float = 120, retries: int = 3,
                  backoff: float = 1.0, n_ctx: int | None = None, api_key: str | None = None):
@@ -61,6 +61,7 @@ class OpenAIServerLLM:
             self._auth = {"Authorization": f"Bearer {self._key}"}
         self.kind: str | None = None  # llama.cpp | vllm | ollama | openai | openai-compatible
         self.context_length: int | None = None  # the model's own limit, where the server says it
+        self.slots: int | None = None  # requests the server decodes at once, where it says (llama.cpp)
         self.identity = f"{self.base_url}#{self.model}"
 
     # ---- HTTP -------------------------------------------------------------------------
@@ -198,7 +199,17 @@ class OpenAIServerLLM:
         self.identity = f"{self.base_url}#{self.model}"
         if kind == "ollama":
             ollama_context(self)
+        elif kind == "llama.cpp":
+            self.slots = self._llama_slots()
         return kind
+
+    def _llama_slots(self) -> int | None:
+        """llama-server's GET /props `total_slots`: "the total number of slots for process
+        requests (defined by `--parallel` option)" (ggml-org/llama.cpp tools/server/README.md,
+        "GET /props"). llama-cpp-python's server has no /props: None."""
+        status, props = self._get_json(f"{self.root}/props")
+        slots = props.get("total_slots") if status == 200 and isinstance(props, dict) else None
+        return slots if isinstance(slots, int) and not isinstance(slots, bool) and 1 <= slots <= 4096 else None
 
     # ---- generation -------------------------------------------------------------------
     def count_tokens(self, messages: Sequence[Message]) -> int:
@@ -213,19 +224,113 @@ class OpenAIServerLLM:
                 total += sum(len(p.get("text", "")) // 3 if p.get("type") == "text" else 800 for p in content)
         return total + 8
 
+    # ---- N answers to one prompt -------------------------------------------------------
+    # OpenAI's chat completions take `n`, "How many chat completion choices to generate for
+    # each input message", with one `seed` for the request (platform.openai.com/docs/
+    # api-reference/chat/create); vLLM's server takes every OpenAI parameter (docs.vllm.ai
+    # serving/openai_compatible_server.html) and samples `n` sequences with one seeded
+    # generator (vllm.SamplingParams(n, seed), docs.vllm.ai api/inference_params.html).
+    # llama.cpp's server refused n != 1 ("Only one completion choice is allowed",
+    # tools/server/utils.hpp oaicompat_chat_params_parse) until `n_cmpl` (= n) arrived, and
+    # then only up to its slots ("n_cmpl cannot be greater than the number of slots",
+    # tools/server/server-task.cpp params_from_json_cmpl); Ollama's /api/chat has no `n` and
+    # its OpenAI endpoint lists `n` as unsupported (ollama/ollama docs/openai.md). Those two
+    # get one request per candidate, concurrently, into their parallel slots.
+    N_KINDS = ("openai", "vllm")
+
     def batched_for(self, n: int) -> bool:
-        return False  # one request per seed: each answer depends on its own seed only
+        """True where a step is one request with `n`: the answers then depend on the
+        request's seed (the first of the step's), not each candidate's own."""
+        return n > 1 and self.detect() in self.N_KINDS
+
+    def in_flight(self, n: int) -> int:
+        """How many requests of a step go at once: --parallel where given, else the slots
+        the server reports (llama.cpp's /props `total_slots`), else all N (Ollama does not
+        report OLLAMA_NUM_PARALLEL through its API and queues what its slots cannot take,
+        ollama/ollama docs/faq.md)."""
+        if self.parallel is not None:
+            return max(1, min(self.parallel, n))
+        return max(1, min(self.slots or n, n))
 
     def generate_many(self, messages: Sequence[Message], seeds: Sequence[int], settings: SamplingSettings,
                       grammar: str | None = None) -> list[Generation]:
-        """The answers of one step, up to `parallel` requests in flight (the server's slots);
-        in the order of `seeds` whatever order they finish in."""
-        if self.parallel < 2 or len(seeds) < 2:
+        """The answers of one step in the order of `seeds`: one request with `n` where the
+        server takes it (OpenAI, vLLM), else one request per seed with up to `in_flight`
+        of them at once, whatever order they finish in."""
+        kind = self.detect()
+        if len(seeds) > 1 and kind in self.N_KINDS:
+            return self._generate_n(messages, list(seeds), settings, grammar)
+        workers = self.in_flight(len(seeds))
+        if workers < 2:
             return [self.generate(messages, seed, settings, grammar) for seed in seeds]
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(self.parallel, len(seeds))) as pool:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda seed: self.generate(messages, seed, settings, grammar), seeds))
+
+    def _generate_n(self, messages: Sequence[Message], seeds: list[int], settings: SamplingSettings,
+                    grammar: str | None) -> list[Generation]:
+        """One request for all of `seeds`: `n` choices under the first seed. The request's
+        usage is shared out: its prompt tokens on the first answer (the prompt was read once),
+        completion tokens and seconds in equal parts (the API does not count them per choice)."""
+        start = time.perf_counter()
+        payload, structured = self._payload(messages, seeds[0], settings, grammar)
+        payload["n"] = len(seeds)
+        data = self.post("/chat/completions", payload)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or len(choices) != len(seeds):
+            got = len(choices) if isinstance(choices, list) else 0
+            raise IpoError(f"the server at {self.base_url} answered {got} choices for n={len(seeds)}",
+                           "the server does not honour `n`; ask one candidate at a time with --candidates 1")
+        by_index = sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)
+        prompt, cached, completion = self._usage(data)
+        seconds = (time.perf_counter() - start) / len(seeds)
+        gens = []
+        for i, (seed, choice) in enumerate(zip(seeds, by_index)):
+            text, finish = self._choice(choice, data, structured, i)
+            share = completion // len(seeds) + (1 if i < completion % len(seeds) else 0)
+            gens.append(Generation(text, seed, finish, Usage(prompt if i == 0 else 0, cached if i == 0 else 0,
+                                                             share, seconds)))
+        return gens
+
+    # ---- one answer ---------------------------------------------------------------------
+    def _payload(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
+                 grammar: str | None) -> tuple[dict[str, Any], bool]:
+        """The chat-completions body for this server, and whether the answer comes back as a
+        JSON-schema object ({"prompt": ...}) to unwrap."""
+        payload: dict[str, Any] = {
+            "model": self.model, "messages": list(messages), "temperature": settings.temperature,
+            "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": seed,
+        }
+        if settings.stop:
+            payload["stop"] = list(settings.stop)
+        structured = False
+        if grammar and self.kind == "llama.cpp":
+            payload["grammar"] = grammar  # GBNF: llama.cpp's server and llama-cpp-python's
+        elif grammar and self.kind in ("openai", "vllm"):
+            # OpenAI structured outputs; vLLM accepts the same field
+            payload["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "prompt", "schema": ANSWER_SCHEMA, "strict": True}}
+            structured = True
+        return payload, structured
+
+    def _choice(self, choice: Any, data: dict, structured: bool, index: int = 0) -> tuple[str, str]:
+        try:
+            text = choice["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError
+        except (KeyError, IndexError, TypeError):
+            raise IpoError(f"the server at {self.base_url} answered without choices[{index}].message.content: "
+                           f"{self._scrub(json.dumps(data)[:120])}") from None
+        finish = choice.get("finish_reason") or "stop"
+        return (unwrap_answer(text) if structured else text), str(finish)
+
+    @staticmethod
+    def _usage(data: dict) -> tuple[int, int, int]:
+        raw_usage = found if isinstance(found := data.get("usage"), dict) else {}
+        details = found if isinstance(found := raw_usage.get("prompt_tokens_details"), dict) else {}
+        return (usage_count(raw_usage.get("prompt_tokens")), usage_count(details.get("cached_tokens")),
+                usage_count(raw_usage.get("completion_tokens")))
 
     def generate(self, messages: Sequence[Message], seed: int, settings: SamplingSettings,
                  grammar: str | None = None) -> Generation:
@@ -234,36 +339,12 @@ class OpenAIServerLLM:
         if kind == "ollama":
             text, finish, usage = ollama_chat(self, messages, seed, settings, structured=grammar is not None)
         else:
-            payload: dict[str, Any] = {
-                "model": self.model, "messages": list(messages), "temperature": settings.temperature,
-                "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": seed,
-            }
-            if settings.stop:
-                payload["stop"] = list(settings.stop)
-            structured = False
-            if grammar and kind == "llama.cpp":
-                payload["grammar"] = grammar  # GBNF: llama.cpp's server and llama-cpp-python's
-            elif grammar and kind in ("openai", "vllm"):
-                # OpenAI structured outputs; vLLM accepts the same field
-                payload["response_format"] = {"type": "json_schema", "json_schema": {
-                    "name": "prompt", "schema": ANSWER_SCHEMA, "strict": True}}
-                structured = True
+            payload, structured = self._payload(messages, seed, settings, grammar)
             data = self.post("/chat/completions", payload)
-            try:
-                choice = data["choices"][0]
-                text = choice["message"]["content"] or ""
-                if not isinstance(text, str):
-                    raise TypeError
-            except (KeyError, IndexError, TypeError):
-                raise IpoError(f"the server at {self.base_url} answered without choices[0].message.content: "
-                               f"{self._scrub(json.dumps(data)[:120])}") from None
-            finish = choice.get("finish_reason") or "stop"
-            if structured:
-                text = unwrap_answer(text)
-            raw_usage = found if isinstance(found := data.get("usage"), dict) else {}
-            details = found if isinstance(found := raw_usage.get("prompt_tokens_details"), dict) else {}
-            usage = Usage(usage_count(raw_usage.get("prompt_tokens")), usage_count(details.get("cached_tokens")),
-                          usage_count(raw_usage.get("completion_tokens")), 0.0)
+            choices = data.get("choices")
+            first = choices[0] if isinstance(choices, list) and choices else None
+            text, finish = self._choice(first, data, structured)
+            usage = Usage(*self._usage(data), 0.0)
         usage.seconds = time.perf_counter() - start
         return Generation(text, seed, str(finish), usage)
 

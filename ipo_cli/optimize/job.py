@@ -59,7 +59,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     run), `placement` where and how fast (it is not: it may differ on resume)."""
     from ipo_cli import cache
     from ipo_cli.clip import evaluate
-    from ipo_cli.clip.model import load_clip
+    from ipo_cli.clip.model import load_clip, set_cpu_threads
     from ipo_cli.clip.spec import parse_clip
     from ipo_cli.llm import captions as describe
     from ipo_cli.llm.loading import load_llm
@@ -100,7 +100,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     use_lmm = (request.lmm or "").lower() != "none"
     models_plan = model_plan(request, use_lmm, placement.gpu_layers)
     gpu_layers = models_plan.get("gpu_layers")  # resolved once, for every llama.cpp model of the run
-    parallel = placement.parallel or request.candidates
+    threads = _threads(placement)
     plan = {
         "images": len(full.items), "classes": len(full.classnames), "train_classes": len(train.classnames),
         "shots": request.shots, "train_images": len(train.items), "val_images": len(val.items) if val else 0,
@@ -108,7 +108,9 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         "llm_calls_max": request.steps * request.candidates,
         "captions": 0,
         **models_plan,
-        "parallel": parallel if request.llm_url else 1,
+        "llm_server": bool(request.llm_url),
+        "parallel": placement.parallel if request.llm_url else 1,  # None: what the server reports
+        **_llm_path(request, placement, threads),
         "clip": request.clip, "out": str(out),
         "strategy": {"feedback": request.feedback, "history_order": request.history_order, "pool": request.pool},
         "feedback_tokens": strategies.feedback_tokens(request.feedback),
@@ -129,6 +131,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     spec = parse_clip(request.clip, request.clip_weights)
     with reporter.status(f"loading CLIP {spec.identity}"):
         clip = load_clip(spec, placement.device)
+    set_cpu_threads(threads.threads)  # torch's share: the same cores llama.cpp gets, in turn, never more
     store = cache.Store(root, "embeddings")
     clip.remember(store)  # text embeddings on disk too: later evals and reports need no model
     sets: list[Any] = []
@@ -158,7 +161,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
                 backend = describe.load_vision(plan["lmm"] if not request.lmm_url else None,
                                                Path(request.mmproj) if request.mmproj else None,
                                                request.handler, request.lmm_url, request.lmm_model,
-                                               gpu_layers=gpu_layers)
+                                               gpu_layers=gpu_layers, n_threads=threads.threads)
         lmm_identity = backend.identity
         captioner = describe.Captioner(backend, cache.Store(root, "captions"))
         chosen, readable = set(described), set(train_set.dataset.paths)
@@ -175,7 +178,7 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
 
     with reporter.status("loading the LLM"):
         llm = load_llm(plan["llm"] if not request.llm_url else None, request.llm_url, request.llm_model,
-                       request.n_ctx, gpu_layers=gpu_layers)
+                       request.n_ctx, n_threads=threads.threads, gpu_layers=gpu_layers, batch=placement.batch)
     models = {"llm": llm.identity, "lmm": lmm_identity, "clip": clip.identity}
     config: dict[str, Any] = {
         "ipo_version": __version__,
@@ -189,6 +192,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
                   for name, s in (("train", train_set), ("val", val_set)) if s is not None},
         "descriptions": described_images,  # what the LLM was shown, per image (ipo report)
         "image_loading": train.image_loading,  # how its images were decoded (ipo report decodes them so)
+        # which path made the answers (a batch gives other answers than one by one; both valid)
+        "llm_answers": {"batch": bool(placement.batch) and not request.llm_url, "threads": threads.threads},
     }
     if resume:
         diffs = compare_settings(saved.get("models", {}), models)
@@ -201,8 +206,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
 
     loop = LoopSettings(**{f.name: getattr(request, f.name) for f in fields(LoopSettings) if hasattr(request, f.name)})
     scorer = ClipScorer(clip, train_set, val_set)
-    if hasattr(llm, "parallel"):  # a server: the step's answers in flight at once (--parallel)
-        llm.parallel = parallel
+    if hasattr(llm, "parallel"):  # a server: most requests of a step in flight (--parallel; None: its slots)
+        llm.parallel = placement.parallel
     optimizer = Optimizer(llm, scorer, folder, loop, descriptions, cache.Store(root, "generations"),
                           on_step=reporter.step, image_descriptions=image_descriptions)
     result = optimizer.run()
@@ -244,6 +249,24 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
                                               "hm": row.hm}
     folder.write_json("summary.json", summary)
     return summary
+
+
+def _threads(placement: Placement):
+    """--threads, else the physical cores this process may use (llm/threads.py)."""
+    from ipo_cli.llm.threads import Cores, usable_cores
+
+    if placement.threads:
+        return Cores(placement.threads, "--threads")
+    return usable_cores()
+
+
+def _llm_path(request: Request, placement: Placement, threads) -> dict:
+    """For the plan: how an in-process llama.cpp model answers a step (a server decides itself)."""
+    if request.llm_url:
+        return {}
+    how = "one batch per step" if placement.batch and request.candidates > 1 else "one answer at a time"
+    return {"llm_answers": f"{how}, {threads.threads} thread{'s' if threads.threads != 1 else ''}: {threads.why}",
+            "llm_batch": bool(placement.batch), "llm_threads": threads.threads}
 
 
 def _refuse_changed_sample(out: Path, saved: Any, now: dict, both_ways: bool = True) -> None:

@@ -186,18 +186,24 @@ class Overrides:
 
 @dataclass
 class Placement:
-    """Where and how fast a run computes; none of it changes the result, so none of it is
-    saved with the run."""
+    """Where and how fast a run computes; none of it changes whether the result is valid, so none
+    of it is compared on resume. `batch` changes which answers an in-process LLM gives (a batch's
+    kernels differ from one sequence's; the generation cache keys say which path made an answer),
+    so config.json records it (`llm_answers`)."""
 
     device: str = "auto"  # CLIP: auto, cpu, cuda[:N]
     gpu_layers: int | None = None  # llama.cpp offload: None = all with a GPU build, else 0; -1 all
-    parallel: int | None = None  # candidates in flight to --llm-url (default: --candidates)
+    parallel: int | None = None  # most requests in flight to --llm-url (default: the server's slots)
+    threads: int | None = None  # CPU threads for llama.cpp and torch (default: llm/threads.py)
+    batch: bool = True  # a step's candidates as one llama.cpp batch; False: --no-batch (other answers)
     cache_dir: Path | None = None
     offline: bool = False  # never download a default model
 
     def check(self) -> None:
         if self.parallel is not None and self.parallel < 1:
             raise IpoError(f"--parallel must be at least 1, not {self.parallel}")
+        if self.threads is not None and self.threads < 1:
+            raise IpoError(f"--threads must be at least 1, not {self.threads}")
 
 
 def make_request(given: Overrides, budget: str | None = None, saved: dict | None = None,
