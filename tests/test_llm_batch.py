@@ -140,7 +140,7 @@ def fake_machine(root, siblings, cgroup_v2=None, cgroup_v1=None, own_cgroup=None
         (topo / "thread_siblings").write_text(mask + "\n")
     cg = root / "sys/fs/cgroup"
     cg.mkdir(parents=True, exist_ok=True)
-    if own_cgroup:
+    if own_cgroup and cgroup_v2:
         (root / "proc/self").mkdir(parents=True)
         (root / "proc/self/cgroup").write_text(f"0::/{own_cgroup}\n")
         (cg / own_cgroup).mkdir(parents=True)
@@ -148,9 +148,13 @@ def fake_machine(root, siblings, cgroup_v2=None, cgroup_v1=None, own_cgroup=None
     elif cgroup_v2:
         (cg / "cpu.max").write_text(cgroup_v2 + "\n")
     if cgroup_v1:
-        (cg / "cpu").mkdir()
-        (cg / "cpu/cpu.cfs_quota_us").write_text(f"{cgroup_v1[0]}\n")
-        (cg / "cpu/cpu.cfs_period_us").write_text(f"{cgroup_v1[1]}\n")
+        folder = cg / "cpu,cpuacct" / (own_cgroup or "")
+        folder.mkdir(parents=True)
+        (folder / "cpu.cfs_quota_us").write_text(f"{cgroup_v1[0]}\n")
+        (folder / "cpu.cfs_period_us").write_text(f"{cgroup_v1[1]}\n")
+        if own_cgroup:
+            (root / "proc/self").mkdir(parents=True)
+            (root / "proc/self/cgroup").write_text(f"5:cpu,cpuacct:/{own_cgroup}\n1:name=systemd:/\n0::/\n")
     return root
 
 
@@ -174,6 +178,8 @@ def test_threads_are_the_physical_cores_the_process_may_use(tmp_path):
     v1 = fake_machine(tmp_path / "v1", HT, cgroup_v1=(300000, 100000))
     assert usable_cores(v1, affinity=range(8)).threads == 3
     assert usable_cores(fake_machine(tmp_path / "v1none", HT, cgroup_v1=(-1, 100000)), affinity=range(8)).threads == 4
+    v1_own = fake_machine(tmp_path / "v1own", HT, cgroup_v1=(200000, 100000), own_cgroup="docker/abc")
+    assert cpu_quota(v1_own) == 2.0
 
 
 # ---- the loop's one call per step, through the CLI ---------------------------------------------------
