@@ -4,7 +4,6 @@ real SmolLM2-135M: short answers and a small context, as the machine is shared."
 import json
 
 import pytest
-import regex
 from conftest import run_ipo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,8 +18,27 @@ MESSAGES = [{"role": "system", "content": "You write prompts for an image classi
             {"role": "user", "content": "Write a prompt for photos of clothes with <CLASS> where the class goes. "
                                         "Answer between <INS> and </INS>."}]
 SHORT = SamplingSettings(temperature=1.0, top_p=0.95, max_tokens=12)
-# INS_GRAMMAR as a regular expression: a finished answer matches it, one cut at max_tokens starts it
-INS = regex.compile(r"<INS>[^<>{}\n]{0,70}<CLASS>[^<>{}\n]{0,70}</INS>")
+
+
+def ins(text: str, partial: bool = False) -> bool:
+    """Whether `text` is a sentence of INS_GRAMMAR (`"<INS>" side "<CLASS>" side "</INS>"`, side =
+    up to 70 characters other than <>{} and newline), or with `partial` the beginning of one (an
+    answer cut at max_tokens). A side cannot hold '<', so the walk is deterministic."""
+    i = 0
+    for n, literal in enumerate(("<INS>", "<CLASS>", "</INS>")):
+        for char in literal:
+            if i == len(text):
+                return partial
+            if text[i] != char:
+                return False
+            i += 1
+        if n < 2:
+            start = i
+            while i < len(text) and text[i] not in "<>{}\n":
+                i += 1
+            if i - start > 70:
+                return False
+    return i == len(text)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +113,15 @@ def test_create_completion_and_the_batch_share_one_context(smollm):
     assert texts(both.generate_many(MESSAGES, [5, 6], SHORT)) == batch_first
 
 
+def test_the_grammar_check_of_these_tests():
+    assert ins("<INS>a photo of a<CLASS>, blurry.</INS>") and ins("<INS><CLASS></INS>")
+    assert not ins("<INS>a photo<CLASS>.</INS> more") and not ins("<INS>a {photo}<CLASS></INS>")
+    assert not ins("<INS>" + "x" * 71 + "<CLASS></INS>") and not ins("<INS>a<CLASS>b")
+    assert ins("<INS>a<CLASS>b", partial=True) and ins("<IN", partial=True) and not ins("<INX", partial=True)
+
+
 def grammar_ok(gen):
-    if gen.finish_reason == "stop":
-        return INS.fullmatch(gen.text) is not None
-    return INS.fullmatch(gen.text, partial=True) is not None
+    return ins(gen.text, partial=gen.finish_reason == "length")
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -204,7 +227,7 @@ def test_optimize_batches_each_step_and_no_batch_does_not(tmp_path, fashion_trai
     for name, candidates in runs.items():
         assert len(candidates) >= 6
         for r in candidates:
-            assert INS.fullmatch(r["raw"], partial=r["reason"] is not None and "cut off" in r["reason"]), r["raw"]
+            assert ins(r["raw"], partial=r["reason"] is not None and "cut off" in r["reason"]), r["raw"]
             later = r["index"] > 0 and not r["cached"]
             # one batch per step: the step's later candidates evaluate none of the prompt
             assert (r["usage"]["evaluated_tokens"] == 0) == (later and name == "batch"), r
