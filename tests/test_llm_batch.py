@@ -4,7 +4,6 @@ real SmolLM2-135M: short answers and a small context, as the machine is shared."
 import json
 
 import pytest
-import regex
 from conftest import run_ipo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,8 +18,27 @@ MESSAGES = [{"role": "system", "content": "You write prompts for an image classi
             {"role": "user", "content": "Write a prompt for photos of clothes with <CLASS> where the class goes. "
                                         "Answer between <INS> and </INS>."}]
 SHORT = SamplingSettings(temperature=1.0, top_p=0.95, max_tokens=12)
-# INS_GRAMMAR as a regular expression: a finished answer matches it, one cut at max_tokens starts it
-INS = regex.compile(r"<INS>[^<>{}\n]{0,70}<CLASS>[^<>{}\n]{0,70}</INS>")
+
+
+def ins(text: str, partial: bool = False) -> bool:
+    """Whether `text` is a sentence of INS_GRAMMAR (`"<INS>" side "<CLASS>" side "</INS>"`, side =
+    up to 70 characters other than <>{} and newline), or with `partial` the beginning of one (an
+    answer cut at max_tokens). A side cannot hold '<', so the walk is deterministic."""
+    i = 0
+    for n, literal in enumerate(("<INS>", "<CLASS>", "</INS>")):
+        for char in literal:
+            if i == len(text):
+                return partial
+            if text[i] != char:
+                return False
+            i += 1
+        if n < 2:
+            start = i
+            while i < len(text) and text[i] not in "<>{}\n":
+                i += 1
+            if i - start > 70:
+                return False
+    return i == len(text)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +113,15 @@ def test_create_completion_and_the_batch_share_one_context(smollm):
     assert texts(both.generate_many(MESSAGES, [5, 6], SHORT)) == batch_first
 
 
+def test_the_grammar_check_of_these_tests():
+    assert ins("<INS>a photo of a<CLASS>, blurry.</INS>") and ins("<INS><CLASS></INS>")
+    assert not ins("<INS>a photo<CLASS>.</INS> more") and not ins("<INS>a {photo}<CLASS></INS>")
+    assert not ins("<INS>" + "x" * 71 + "<CLASS></INS>") and not ins("<INS>a<CLASS>b")
+    assert ins("<INS>a<CLASS>b", partial=True) and ins("<IN", partial=True) and not ins("<INX", partial=True)
+
+
 def grammar_ok(gen):
-    if gen.finish_reason == "stop":
-        return INS.fullmatch(gen.text) is not None
-    return INS.fullmatch(gen.text, partial=True) is not None
+    return ins(gen.text, partial=gen.finish_reason == "length")
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -140,7 +163,7 @@ def fake_machine(root, siblings, cgroup_v2=None, cgroup_v1=None, own_cgroup=None
         (topo / "thread_siblings").write_text(mask + "\n")
     cg = root / "sys/fs/cgroup"
     cg.mkdir(parents=True, exist_ok=True)
-    if own_cgroup:
+    if own_cgroup and cgroup_v2:
         (root / "proc/self").mkdir(parents=True)
         (root / "proc/self/cgroup").write_text(f"0::/{own_cgroup}\n")
         (cg / own_cgroup).mkdir(parents=True)
@@ -148,9 +171,13 @@ def fake_machine(root, siblings, cgroup_v2=None, cgroup_v1=None, own_cgroup=None
     elif cgroup_v2:
         (cg / "cpu.max").write_text(cgroup_v2 + "\n")
     if cgroup_v1:
-        (cg / "cpu").mkdir()
-        (cg / "cpu/cpu.cfs_quota_us").write_text(f"{cgroup_v1[0]}\n")
-        (cg / "cpu/cpu.cfs_period_us").write_text(f"{cgroup_v1[1]}\n")
+        folder = cg / "cpu,cpuacct" / (own_cgroup or "")
+        folder.mkdir(parents=True)
+        (folder / "cpu.cfs_quota_us").write_text(f"{cgroup_v1[0]}\n")
+        (folder / "cpu.cfs_period_us").write_text(f"{cgroup_v1[1]}\n")
+        if own_cgroup:
+            (root / "proc/self").mkdir(parents=True)
+            (root / "proc/self/cgroup").write_text(f"5:cpu,cpuacct:/{own_cgroup}\n1:name=systemd:/\n0::/\n")
     return root
 
 
@@ -174,6 +201,8 @@ def test_threads_are_the_physical_cores_the_process_may_use(tmp_path):
     v1 = fake_machine(tmp_path / "v1", HT, cgroup_v1=(300000, 100000))
     assert usable_cores(v1, affinity=range(8)).threads == 3
     assert usable_cores(fake_machine(tmp_path / "v1none", HT, cgroup_v1=(-1, 100000)), affinity=range(8)).threads == 4
+    v1_own = fake_machine(tmp_path / "v1own", HT, cgroup_v1=(200000, 100000), own_cgroup="docker/abc")
+    assert cpu_quota(v1_own) == 2.0
 
 
 # ---- the loop's one call per step, through the CLI ---------------------------------------------------
@@ -198,7 +227,7 @@ def test_optimize_batches_each_step_and_no_batch_does_not(tmp_path, fashion_trai
     for name, candidates in runs.items():
         assert len(candidates) >= 6
         for r in candidates:
-            assert INS.fullmatch(r["raw"], partial=r["reason"] is not None and "cut off" in r["reason"]), r["raw"]
+            assert ins(r["raw"], partial=r["reason"] is not None and "cut off" in r["reason"]), r["raw"]
             later = r["index"] > 0 and not r["cached"]
             # one batch per step: the step's later candidates evaluate none of the prompt
             assert (r["usage"]["evaluated_tokens"] == 0) == (later and name == "batch"), r

@@ -16,10 +16,15 @@ vendored tree):
   evaluation and one copy in memory. The context must hold N sequences: `n_seq_max`, with
   `kv_unified` (one buffer of n_ctx cells for all; include/llama.h `llama_context_params`).
   `Llama()` has no such arguments and swallows unknown keywords (`**kwargs` in `Llama.__init__`),
-  and sets `n_seq_max`/`kv_unified` only for embeddings, so llm/llama.py makes the context itself.
+  and sets `n_seq_max`/`kv_unified` only for embeddings, so llm/llama.py makes the context itself;
+  a sequence id at or above the context's n_seq_max is refused ("invalid seq_id",
+  src/llama-batch.cpp `llama_batch_allocr::init`, and llama_decode returns -1).
 - Each step decodes one token of every unfinished sequence in one `llama_decode`, each at its own
-  next position (a position a sequence already holds is refused: llama_decode returns -1,
-  "invalid input batch", include/llama.h), and samples it with the sequence's own chain.
+  next position, and samples it with the sequence's own chain. Positions must continue what the
+  KV cache holds for the sequence (src/llama-batch.cpp: "it is required that the sequence
+  positions remain consecutive: Y = X + 1"; else llama_decode returns -1, src/llama-context.cpp
+  `decode`), hence the cleaning below. The KV calls are `llama_memory_*`: the old
+  `llama_kv_self_*` ones are in neither include/llama.h nor llama_cpp/llama_cpp.py any more.
 - Afterwards sequences 1..N-1 are removed and sequence 0 keeps the prompt only: the KV cache is
   handed back as a sequential call would leave it (and `Llama`'s own bookkeeping of what it
   holds, `n_tokens`/`input_ids`, is set to match, so its `create_completion` reuses the prefix).

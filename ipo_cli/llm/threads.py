@@ -52,23 +52,27 @@ def physical_cores(cpus: Iterable[int], root: Path = Path("/")) -> int:
     return len(siblings)
 
 
-def _cgroup_dirs(root: Path) -> list[Path]:
-    """The process's own cgroup folder first (from /proc/self/cgroup, v2's "0::/path" line),
-    then the mount point itself (what a container sees as its own cgroup)."""
-    base = root / "sys/fs/cgroup"
-    out = []
-    text = _read(root / "proc/self/cgroup") or ""
-    for line in text.splitlines():
+def _own_cgroup(root: Path, v1: bool) -> str:
+    """The process's cgroup path from /proc/self/cgroup: v2's "0::/path" line, or the v1 line
+    whose controllers include "cpu" ("4:cpu,cpuacct:/path"); '' when it is the root."""
+    for line in (_read(root / "proc/self/cgroup") or "").splitlines():
         parts = line.split(":", 2)
-        if len(parts) == 3 and parts[0] == "0" and parts[2].startswith("/") and parts[2] != "/":
-            out.append(base / parts[2].lstrip("/"))
-    out.append(base)
-    return out
+        if len(parts) != 3 or not parts[2].startswith("/"):
+            continue
+        if (not v1 and parts[0] == "0" and parts[1] == "") or (v1 and "cpu" in parts[1].split(",")):
+            return parts[2].strip("/")
+    return ""
+
+
+def _cgroup_dirs(mount: Path, own: str) -> list[Path]:
+    """The process's own cgroup folder first, then the mount point itself (what a container
+    sees as its own cgroup)."""
+    return ([mount / own] if own else []) + [mount]
 
 
 def cpu_quota(root: Path = Path("/")) -> float | None:
     """CPUs' worth of time the cgroup allows per period, or None when no quota is set."""
-    for folder in _cgroup_dirs(root):
+    for folder in _cgroup_dirs(root / "sys/fs/cgroup", _own_cgroup(root, v1=False)):
         v2 = _read(folder / "cpu.max")
         if v2 is not None:
             fields = v2.split()
@@ -79,7 +83,9 @@ def cpu_quota(root: Path = Path("/")) -> float | None:
                     return None
                 return quota / period if quota > 0 and period > 0 else None
             return None
-    for folder in (root / "sys/fs/cgroup/cpu", root / "sys/fs/cgroup/cpu,cpuacct"):
+    own = _own_cgroup(root, v1=True)
+    mounts = (root / "sys/fs/cgroup/cpu", root / "sys/fs/cgroup/cpu,cpuacct")
+    for folder in [d for mount in mounts for d in _cgroup_dirs(mount, own)]:
         quota_text, period_text = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
         if quota_text is not None and period_text is not None:
             try:
