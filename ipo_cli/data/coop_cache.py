@@ -97,7 +97,7 @@ FRESH_HINT = "delete it, or pass --fresh-sample to draw the sample anew"
 
 def read_capped(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
     """A regular file's bytes, its size checked from its metadata before a byte is read
-    (and the read capped too, should it grow meanwhile)."""
+    (and the read capped at that size, should it grow meanwhile)."""
     from ipo_cli.gates.paths import check_path, os_error
 
     check_path(path, "CoOp sample file", must_exist=True, kind="file")  # no FIFO or device
@@ -107,11 +107,11 @@ def read_capped(path: Path, max_bytes: int = MAX_BYTES) -> bytes:
             if size > max_bytes:
                 raise InvalidInput(f"{path} is {size} bytes, more than the {max_bytes >> 20} MiB a CoOp sample "
                                    "file can take; nothing was read", FRESH_HINT)
-            data = fh.read(max_bytes + 1)
+            data = fh.read(size + 1)  # read(n) allocates n first: the size, not the cap
     except OSError as exc:
         raise os_error(exc, f"cannot read {path}") from None
-    if len(data) > max_bytes:
-        raise InvalidInput(f"{path} grew past {max_bytes >> 20} MiB while it was read", FRESH_HINT)
+    if len(data) > size:
+        raise InvalidInput(f"{path} grew while it was read", "run the same command again")
     return data
 
 

@@ -192,12 +192,15 @@ def describe_failure(exc: BaseException) -> tuple[str, bool]:
     if isinstance(exc, http.client.IncompleteRead):
         if not exc.partial and exc.expected is None:
             return "its answer broke off (a cut connection, or a bad chunk size in a chunked answer)", True
-        return f"its answer broke off after {len(exc.partial)} bytes", True
+        more = f", {exc.expected} more announced" if isinstance(exc.expected, int) else ""
+        return f"its answer broke off after {len(exc.partial)} bytes{more}", True
     if isinstance(exc, http.client.HTTPException):
         detail = str(exc) or type(exc).__name__
         return f"it does not speak HTTP as ipo reads it: {_quoted(detail, 120)}", False
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "no answer in time", True
+        if str(exc) == "deadline passed":
+            return "no complete answer within the deadline", True
+        return "no answer within the read timeout", True
     if isinstance(exc, ConnectionRefusedError):
         return "nothing listens there (connection refused)", True
     if isinstance(exc, ConnectionResetError):
@@ -358,10 +361,9 @@ def read_some(response: Any, size: int, deadline: float | None = None) -> bytes:
                                     "deadline", None, "no complete answer within the deadline")
     try:
         return response.read(size)
-    except (http.client.HTTPException, OSError):
-        if deadline is not None and time.monotonic() >= deadline:
-            exc = TimeoutError("deadline passed")
-        raise transport_error(url, exc) from None
+    except (http.client.HTTPException, OSError) as exc:
+        late = deadline is not None and time.monotonic() >= deadline
+        raise transport_error(url, TimeoutError("deadline passed") if late else exc) from None
 
 
 def read_capped(response: Any, max_bytes: int = MAX_ANSWER_BYTES, deadline: float | None = None,
@@ -379,11 +381,18 @@ def read_capped(response: Any, max_bytes: int = MAX_ANSWER_BYTES, deadline: floa
                                         "no complete answer within the deadline")
         try:
             chunk = read(1 << 16)
-        except (http.client.HTTPException, OSError):
-            if deadline is not None and time.monotonic() >= deadline:
-                exc = TimeoutError("deadline passed")
-            raise transport_error(url, exc) from None
+        except (http.client.HTTPException, OSError) as exc:
+            late = deadline is not None and time.monotonic() >= deadline
+            raise transport_error(url, TimeoutError("deadline passed") if late else exc) from None
         if not chunk:
+            # http.client's read1 returns b"" when the connection ends early, even short of
+            # Content-Length (its `length` is then what is missing): a cut answer, or the
+            # watchdog's shutdown at the deadline
+            if deadline is not None and time.monotonic() >= deadline:
+                raise transport_error(url, TimeoutError("deadline passed"))
+            missing = getattr(response, "length", None)
+            if isinstance(missing, int) and missing > 0:
+                raise transport_error(url, http.client.IncompleteRead(b"".join(chunks), missing))
             break
         size += len(chunk)
         if size > max_bytes:
