@@ -28,10 +28,10 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from conftest import run_ipo, run_ipo_without_torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_ipo, run_ipo_without_torch
 from ipo_cli.data import coop_cache, shards
 from ipo_cli.errors import IpoError
 from ipo_cli.gates import http, pickles
@@ -460,9 +460,10 @@ def test_optimize_with_an_ssh_port_as_llm_url_fails_before_any_model_loads(two_c
         # torch and open_clip unimportable: the error comes before CLIP could load
         result = run_ipo_without_torch("optimize", two_classes, "--lmm", "none", "--llm-url", server.url + "/v1",
                                        "--out", tmp_path / "run", "--steps", "1")
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and "--llm-url" in lines[0] and "does not speak HTTP: it answered 'SSH-2.0-" in lines[0]
+    assert len(errors) == 1 and "--llm-url" in errors[0] and "does not speak HTTP: it answered 'SSH-2.0-" in errors[0]
+    assert result.stderr.rstrip().endswith(errors[0]) and "loading CLIP" not in result.stderr
     assert "unexpected" not in result.stderr and "Traceback" not in result.stderr
 
 
@@ -476,7 +477,8 @@ def test_describe_with_an_ssh_port_as_lmm_url_is_one_line(two_classes):
 
 def test_hf_endpoint_on_an_ssh_port_is_one_line(tmp_path):
     with RawServer(ssh, first=True) as server:
-        result = run_ipo("models", "pull", "smollm2-360m-instruct-q8", env={"HF_ENDPOINT": server.url})
+        result = run_ipo("models", "pull", "phi-3.5-mini",
+                         env={"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "IPO_OFFLINE": "0"})
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "could not reach the model hub" in lines[0] and "does not speak HTTP" in lines[0]

@@ -179,7 +179,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
     `fromtarfile` builds the next header with this same class, so a chain is checked
     header by header."""
 
-    def _proc_member(self, tarfile_obj):  # type: ignore[no-untyped-def]
+    def _proc_member(self, tarfile_obj: Any) -> Any:
         if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                          tarfile.SOLARIS_XHDTYPE) and self.size > MAX_NAME_HEADER:
             what = "GNU long-name" if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) else "pax"
@@ -187,7 +187,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
                                 "more than any path needs)")
         if self.type == tarfile.GNUTYPE_SPARSE:
             raise _HeaderTooBig("a GNU sparse member, which webdataset never writes")
-        return super()._proc_member(tarfile_obj)
+        return super()._proc_member(tarfile_obj)  # type: ignore[misc]  # private in typeshed, there since 2.x
 
 
 class _Stored:

@@ -292,7 +292,7 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 class _HTTPSHandler(urllib.request.HTTPSHandler):
     def https_open(self, req):
         return self.do_open(functools.partial(_DeadlineHTTPSConnection, deadline=getattr(req, "deadline", None)),
-                            req, context=self._context)
+                            req, context=self._context)  # type: ignore[attr-defined]  # set by HTTPSHandler.__init__
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
