@@ -117,9 +117,11 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
         ensure_pulled(plan["lmm"], "lmm", placement.offline, reporter.pull)
 
     from ipo_cli.gates import http as http_gate
+    from ipo_cli.llm.openai_http import api_key_from_env
 
     for flag, url in (("--llm-url", request.llm_url), ("--lmm-url", request.lmm_url)):
-        if url:  # a port that is wrong is one line now, not after CLIP has loaded
+        if url:  # a port that is wrong is one line now, not after CLIP has loaded (a bad key first)
+            api_key_from_env()
             http_gate.probe(url, flag)
     root = cache.cache_root(placement.cache_dir)
     spec = parse_clip(request.clip, request.clip_weights)
