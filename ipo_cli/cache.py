@@ -368,6 +368,8 @@ SHARD_IMAGES = "shard-images"
 # command are removed first (never one the running command has stored or used).
 SHARD_IMAGES_MAX = 20 << 30
 _SHARD_NAME_RE = re.compile(r"[0-9a-f]{64}\.[a-z0-9]{1,8}(\.\d+\.tmp)?")
+_SHARD_TMP = "tmp"  # images being streamed out of a shard (data/shards.py), named pid-random.ext
+_SHARD_TMP_RE = re.compile(r"\d+-[0-9a-f]{12}\.[a-z0-9]{1,8}")
 
 
 def shard_images_limit() -> int:
@@ -439,6 +441,37 @@ class ShardImages:
         self._scan()[name] = (len(data), time.time())
         return path
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.path / _SHARD_TMP
+
+    def adopt(self, tmp: Path, digest: str, ext: str) -> Path:
+        """`put` for an image already streamed to a temporary file of `tmp_dir` (its bytes'
+        sha256 `digest`): moved to its content address, or dropped when that exists."""
+        name = f"{digest}.{ext}"
+        path = self.path / digest[:2] / name
+        self.used.add(name)
+        try:
+            if path.is_file():
+                tmp.unlink(missing_ok=True)
+                os.utime(path)  # recently used: the last to be removed
+                return path
+            size = tmp.stat().st_size
+            try:
+                self._make_room(size)
+            except IpoError:
+                tmp.unlink(missing_ok=True)
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.replace(path)
+        except OSError as exc:
+            from ipo_cli.gates.paths import os_error
+
+            raise os_error(exc, f"cannot store a shard image under {self.path}",
+                           "free some disk space, or pass --cache-dir") from None
+        self._scan()[name] = (size, time.time())
+        return path
+
     def _make_room(self, incoming: int) -> None:
         sizes = self._scan()
         total = sum(size for size, _ in sizes.values()) + incoming
@@ -472,8 +505,10 @@ class ShardImages:
                            "check --cache-dir / IPO_CACHE_DIR")
         folders = list(self.path.iterdir())
         for folder in folders:
-            ok = len(folder.name) == 2 and folder.is_dir() and not folder.is_symlink() and all(
-                f.is_file() and not f.is_symlink() and _SHARD_NAME_RE.fullmatch(f.name) and f.name[:2] == folder.name
+            tmp = folder.name == _SHARD_TMP  # what a stopped shard load left half-written
+            ok = (len(folder.name) == 2 or tmp) and folder.is_dir() and not folder.is_symlink() and all(
+                f.is_file() and not f.is_symlink() and (
+                    _SHARD_TMP_RE.fullmatch(f.name) if tmp else _SHARD_NAME_RE.fullmatch(f.name) and f.name[:2] == folder.name)
                 for f in folder.iterdir())
             if not ok:
                 raise IpoError(f"{self.path} holds {folder.name!r}, which ipo did not make; `ipo cache clear` "
@@ -483,7 +518,7 @@ class ShardImages:
         for folder in folders:
             for item in folder.iterdir():
                 item.unlink()
-                removed += 1 if not item.name.endswith(".tmp") else 0
+                removed += 1 if not item.name.endswith(".tmp") and folder.name != _SHARD_TMP else 0
             folder.rmdir()
         self.path.rmdir()
         self._sizes = None

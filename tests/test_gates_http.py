@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from ipo_cli.errors import IpoError
+from ipo_cli.errors import IpoError, NetworkError
 from ipo_cli.gates import http
 from ipo_cli.llm.base import SamplingSettings
 from ipo_cli.llm.openai_http import OpenAIServerLLM
@@ -149,9 +148,12 @@ def test_http_errors_come_back_with_a_capped_body(servers):
     assert status == 500 and len(body) == http.MAX_ERROR_BYTES
 
 
-def test_a_refused_connection_raises_as_urllib_does():
-    with pytest.raises(urllib.error.URLError):
+def test_a_refused_connection_is_a_network_error_that_callers_may_retry():
+    with pytest.raises(http.RetryableNetworkError) as info:
         http.request("http://127.0.0.1:9/x", timeout=5)
+    # one line naming the server and what was wrong; a ConnectionError, so retrying callers still retry
+    assert isinstance(info.value, ConnectionError) and isinstance(info.value, NetworkError)
+    assert "http://127.0.0.1:9" in str(info.value) and "connection refused" in str(info.value)
 
 
 @pytest.mark.parametrize("key, what", [

@@ -127,6 +127,13 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
     if use_lmm and not request.lmm and not request.lmm_url:
         ensure_pulled(plan["lmm"], "lmm", placement.offline, reporter.pull)
 
+    from ipo_cli.gates import http as http_gate
+    from ipo_cli.llm.openai_http import api_key_from_env
+
+    for flag, url in (("--llm-url", request.llm_url), ("--lmm-url", request.lmm_url)):
+        if url:  # a port that is wrong is one line now, not after CLIP has loaded (a bad key first)
+            api_key_from_env()
+            http_gate.probe(url, flag)
     root = cache.cache_root(placement.cache_dir)
     spec = parse_clip(request.clip, request.clip_weights)
     with reporter.status(f"loading CLIP {spec.identity}"):

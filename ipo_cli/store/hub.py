@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 from dataclasses import dataclass, field
@@ -48,15 +49,17 @@ def hub_token() -> str | None:
         return None
 
 
-def hub_open(url: str, headers: dict[str, str] | None = None, timeout: float = 60):
+def hub_open(url: str, headers: dict[str, str] | None = None, timeout: float = 60, deadline: float | None = None):
     """An open response from the hub through the HTTP gate (gates/http.py): the token goes
     to the hub's own origin only, never to the CDN a download is redirected to (as
-    huggingface_hub does), and is checked before it is put in a header."""
+    huggingface_hub does), and is checked before it is put in a header. The connection is
+    shut at `deadline` (time.monotonic(); the gate's default when None)."""
     token = hub_token()
     auth = None
     if token and http.same_origin(url, endpoint()):
         auth = {"Authorization": f"Bearer {http.check_key(token, 'the hub token (HF_TOKEN)')}"}
-    return http.open_url(url, headers={"User-Agent": "ipo-cli", **(headers or {})}, auth=auth, timeout=timeout)
+    return http.open_url(url, headers={"User-Agent": "ipo-cli", **(headers or {})}, auth=auth, timeout=timeout,
+                         deadline=deadline)
 
 
 def hub_http_error(exc: urllib.error.HTTPError, repo: str, revision: str, what: str) -> IpoError:
@@ -89,6 +92,11 @@ class RemoteFile:
 
 
 MAX_PAGES = 1000  # of one file listing; a hub that links on past this is refused
+# All pages of one listing together: the largest model repositories list a few hundred
+# files, well under 1 MB of JSON; a hub that sends more is refused (its pages are parsed
+# into objects several times their size).
+MAX_LISTING_BYTES = 16 << 20
+LISTING_DEADLINE = 300.0  # seconds for all pages of one listing, whatever the pace
 
 
 def next_page(link: str | None, current: str) -> str | None:
@@ -109,19 +117,29 @@ def next_page(link: str | None, current: str) -> str | None:
 def _http_json(url: str, repo: str, revision: str, timeout: float = 30) -> Any:
     """A listing, every page of it: the hub pages long tree listings and links each page
     to the next with a `Link: <...>; rel="next"` header (huggingface_hub's `list_repo_tree`
-    goes through `paginate`, hf_api.py). The next page must be on the hub's own origin."""
+    goes through `paginate`, hf_api.py). The next page must be on the hub's own origin.
+    All pages together are bounded by bytes (`MAX_LISTING_BYTES`, a running count each
+    page is read against) and by one total deadline (`LISTING_DEADLINE`), besides the
+    per-read timeout; of each item only what ipo uses is kept."""
     items: list = []
+    deadline = time.monotonic() + LISTING_DEADLINE
+    left = MAX_LISTING_BYTES
     for _page in range(MAX_PAGES):
         try:
-            with hub_open(url, timeout=timeout) as response:
-                page = json_in.loads(http.read_capped(response, what="the hub's file list"),
-                                     f"the hub's file list {url}")
+            with hub_open(url, timeout=timeout, deadline=deadline) as response:
+                body = http.read_capped(response, left, deadline, what=f"the hub's file list of {repo}")
                 following = next_page(response.headers.get("Link"), url)
         except urllib.error.HTTPError as exc:
             raise hub_http_error(exc, repo, revision, "the file list") from None
+        except http.TooLarge:
+            raise IpoError(f"the hub's file list of {repo}@{revision} is over {MAX_LISTING_BYTES >> 20} MiB in all "
+                           f"(page {_page + 1}); ipo stopped reading it", "is HF_ENDPOINT a hub?") from None
+        left -= len(body)
+        page = json_in.loads(body, f"the hub's file list {url}")
+        del body
         if not isinstance(page, list):
             return page  # the caller names what is wrong
-        items.extend(page)
+        items.extend(_listed(item) for item in page)
         if following is None:
             return items
         if not http.same_origin(following, endpoint()):
@@ -129,6 +147,17 @@ def _http_json(url: str, repo: str, revision: str, timeout: float = 30) -> Any:
                            "is HF_ENDPOINT a hub?")
         url = following
     raise IpoError(f"the hub's file list of {repo}@{revision} has more than {MAX_PAGES} pages", "is HF_ENDPOINT a hub?")
+
+
+def _listed(item: Any) -> Any:
+    """What ipo reads of a listing item (type, path, size, lfs oid and size)."""
+    if not isinstance(item, dict):
+        return None
+    kept = {k: item[k] for k in ("type", "path", "size") if k in item}
+    lfs = item.get("lfs")
+    if isinstance(lfs, dict):
+        kept["lfs"] = {k: lfs[k] for k in ("oid", "sha256", "size") if k in lfs}
+    return kept
 
 
 def prefer(matches: list[str], role: str) -> str:
@@ -148,7 +177,7 @@ def remote_files(entry: CatalogueEntry) -> list[RemoteFile]:
     url = f"{endpoint()}/api/models/{entry.repo}/tree/{urllib.parse.quote(entry.revision, safe='')}?recursive=true"
     try:
         listing = _http_json(url, entry.repo, entry.revision)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.NetworkFailure) as exc:
         raise _network_error(entry.name, exc) from None
     if not isinstance(listing, list):
         raise IpoError(f"the hub's file list of {entry.repo}@{entry.revision} is not a list", "is HF_ENDPOINT a hub?")
@@ -194,9 +223,10 @@ def remote_files(entry: CatalogueEntry) -> list[RemoteFile]:
 
 
 def _network_error(name: str, exc: Exception) -> IpoError:
-    if isinstance(exc, IpoError):
+    """A transport failure while asking the hub, as one line naming it (and HF_ENDPOINT)."""
+    if isinstance(exc, IpoError) and not isinstance(exc, http.NetworkFailure):
         return exc
-    return IpoError(
-        f"could not reach the model hub at {endpoint()} to pull {name!r}: {http.scrub(getattr(exc, 'reason', exc))}",
-        "check the connection (or HF_ENDPOINT) and run the same command again; finished parts are kept",
-    )
+    failure = http.transport_error(endpoint(), exc)
+    return type(failure)(f"could not reach the model hub at {endpoint()} to pull {name!r}: {failure.what}",
+                         "check the connection (or HF_ENDPOINT) and run the same command again; finished parts "
+                         "are kept", failure.what)

@@ -20,16 +20,35 @@ from typing import Any
 
 from ipo_cli.cache import sha256_file
 from ipo_cli.errors import IpoError, close_matches
+from ipo_cli.gates import http
 from ipo_cli.store.entries import MMPROJ_PREFERENCE, MODEL_PREFERENCE, load_catalogue
 from ipo_cli.store.hub import RemoteFile, endpoint, hub_http_error, hub_open, offline, remote_files
 from ipo_cli.store.local import LocalModel, Manifest, find_in_hf_cache, hf_cache_dir, models_dir, now
 
+# A download's total deadline (each try): this many seconds, plus its size at this rate.
+# A connection that trickles (one byte every few seconds, each read within the timeout)
+# is cut there and resumed; a real one, however slow, gets hours for gigabytes.
+DOWNLOAD_DEADLINE_BASE = 120.0
+DOWNLOAD_MIN_RATE = 100 << 10  # bytes a second
+MAX_UNLISTED = 512 << 30  # a file the hub lists without a size: no GGUF is larger
+
+
+def _too_big(dest: Path, limit: int, offered: int | None) -> IpoError:
+    said = f" offers {offered} bytes" if offered is not None else " sent more"
+    return IpoError(f"the download of {dest.name}{said}, more than the {limit} bytes the hub lists for it; "
+                    "ipo stopped there", "the catalogue entry or HF_ENDPOINT is wrong; report it")
+
 
 def download(url: str, dest: Path, expected_size: int | None, progress: Callable[[int, int | None], None] | None = None,
              retries: int = 3, backoff: float = 0.5, what: tuple[str, str] = ("", "")) -> None:
-    """Fetch url to dest via dest.part, resuming from whatever .part already holds."""
+    """Fetch url to dest via dest.part, resuming from whatever .part already holds.
+
+    It stops at the listed size: a Content-Length beyond it is refused before a byte is
+    read, and the body is read against a running count, so a server that sends more
+    never puts more than the listed size on disk. Each try has a total deadline."""
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    limit = expected_size if expected_size is not None else MAX_UNLISTED
     attempt = 0
     while True:
         have = part.stat().st_size if part.exists() else 0
@@ -38,20 +57,27 @@ def download(url: str, dest: Path, expected_size: int | None, progress: Callable
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
+        deadline = time.monotonic() + DOWNLOAD_DEADLINE_BASE + max(limit - have, 0) / DOWNLOAD_MIN_RATE
         try:
-            with hub_open(url, headers, timeout=60) as response:
+            with hub_open(url, headers, timeout=60, deadline=deadline) as response:
                 if have and response.status != 206:  # the server ignored Range: start again
                     have = 0
                     part.unlink(missing_ok=True)
+                length = response.headers.get("Content-Length", "")
+                if length.isascii() and length.isdigit() and have + int(length) > limit:
+                    raise _too_big(dest, limit, have + int(length))
                 if progress:
                     progress(have, expected_size)
                 with open(part, "ab") as fh:
-                    while chunk := response.read(1 << 16):
+                    while have < limit and (chunk := http.read_some(response, min(1 << 16, limit - have),
+                                                                    deadline)):
                         fh.write(chunk)
                         fh.flush()
                         have += len(chunk)
                         if progress:
                             progress(have, expected_size)
+                if have >= limit and http.read_some(response, 1, deadline):
+                    raise _too_big(dest, limit, None)
             if expected_size is None or have >= expected_size:
                 break
             raise ConnectionError(f"connection closed after {have} of {expected_size} bytes")
@@ -69,7 +95,7 @@ def download(url: str, dest: Path, expected_size: int | None, progress: Callable
             if attempt > retries:
                 raise IpoError(
                     f"download of {dest.name} was interrupted at {have} bytes after {retries + 1} tries: "
-                    f"{getattr(exc, 'reason', exc)}",
+                    f"{getattr(exc, 'what', None) or getattr(exc, 'reason', exc)}",
                     "run the same command again to resume from there",
                 ) from None
         time.sleep(backoff * attempt)
