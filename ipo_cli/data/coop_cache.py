@@ -152,8 +152,11 @@ def _entries(value, path: Path, part: str, per_class: int | None = None) -> list
     for n, item in enumerate(value):
         impath = getattr(item, "_impath", None) if isinstance(item, DatumRecord) else None
         label = getattr(item, "_label", None) if isinstance(item, DatumRecord) else None
-        if not (isinstance(impath, str) and isinstance(label, int) and not isinstance(label, bool)
-                and 0 <= label < MAX_LABEL):
+        if isinstance(impath, str) and isinstance(label, int) and not isinstance(label, bool) \
+                and not 0 <= label < MAX_LABEL:  # shown bounded: 10**5000 has no str() (errors.shown)
+            raise InvalidInput(f"{path}: entry {n} of {part!r} has the label {shown(label)}, not one from 0 to "
+                               f"{MAX_LABEL - 1}", FRESH_HINT)
+        if not (isinstance(impath, str) and isinstance(label, int) and not isinstance(label, bool)):
             raise InvalidInput(f"{path}: entry {n} of {part!r} is not a Datum with an image path and a label")
         if impath in seen:
             raise InvalidInput(f"{path}: entry {n} of {part!r} names {impath[:120]!r} again; a CoOp sample "

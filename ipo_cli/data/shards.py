@@ -77,7 +77,9 @@ def is_shard_folder(folder: Path) -> bool:
 
 def _nshards(path: Path) -> int:
     text = read_text(path, "shard count").strip()
-    if not text.isdigit() or not 0 < int(text) <= MAX_SHARDS:
+    # ASCII digits only: str.isdigit accepts '²' and other digits int() refuses
+    # (https://docs.python.org/3/library/stdtypes.html#str.isdigit), and few of them.
+    if not (text.isascii() and text.isdigit() and len(text) < 10) or not 0 < int(text) <= MAX_SHARDS:
         raise IpoError(f"{path} should hold the number of shards (1..{MAX_SHARDS}), not {text[:20]!r}")
     return int(text)
 
