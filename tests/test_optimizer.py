@@ -241,3 +241,19 @@ def test_batch_tag_names_the_batch_only_where_answers_depend_on_it():
     assert batch_tag(RecombiningLLM(), [1, 2, 3]) == ""
     assert batch_tag(BatchingLLM(), [7]) == ""
     assert batch_tag(BatchingLLM(), [1, 2, 3]) == "batch:1,2,3"
+
+
+def test_an_answer_cached_by_another_sampler_is_not_reused(tmp_path):
+    from ipo_cli import cache
+
+    class Checked(RecombiningLLM):
+        sampler = "grammar-checked"  # as llm/llama.py names its lazy grammar check
+
+    store = cache.Store(tmp_path / "cache", "generations")
+    settings = LoopSettings(steps=2, candidates=3, history=5, patience=50)
+    runs = []
+    for n, llm in enumerate((RecombiningLLM(), RecombiningLLM(), Checked(), Checked())):
+        folder = RunFolder.create(tmp_path / f"run{n}", {"request": {}})
+        Optimizer(llm, PlantedScorer(), folder, settings, generation_cache=store).run()
+        runs.append(llm.calls)
+    assert runs == [6, 0, 6, 0]  # the same sampler: from the cache; another: drawn again

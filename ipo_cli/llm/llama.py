@@ -150,6 +150,13 @@ class LlamaCppLLM:
         N single sequences would (llm.base.batch_tag)."""
         return self.batch and n > 1
 
+    @property
+    def sampler(self) -> str:
+        """Names how tokens are drawn where it is not llama-cpp-python's own `create_completion`
+        (ipo's path before the grammar was checked lazily): the loop's cache keys carry it, so an
+        answer cached by the older sampler is not taken for one this sampler would draw."""
+        return "grammar-checked" if self.lazy_grammar else ""
+
     def generate_many(self, messages: Sequence[Message], seeds: Sequence[int], settings: SamplingSettings,
                       grammar: str | None = None) -> list[Generation]:
         """One answer per seed: one batch of N sequences, else (--no-batch, one seed) in turn."""

@@ -185,7 +185,10 @@ class Optimizer:
     # ---- the answers of one step ----------------------------------------------------------
     def _key(self, messages: list[dict], seed: int, tag: str) -> str:
         parts: tuple = (self.llm.identity, messages, seed, asdict(self.sampling), mp.INS_GRAMMAR)
-        return "gen:" + key_of(*parts, tag) if tag else "gen:" + key_of(*parts)  # untagged: the keys of before
+        # which path drew the answer: a batch (`batch_tag`), a sampler other than the backend's
+        # plain one (llm.llama: the grammar checked lazily); neither: the keys of before
+        path = tuple(p for p in (tag, getattr(self.llm, "sampler", "")) if p)
+        return "gen:" + key_of(*parts, *path)
 
     def answers(self, messages: list[dict], seeds: list[int], wanted: list[int]) -> dict[int, tuple[Generation, bool, float]]:
         """The answers for the candidates `wanted` (indices into `seeds`), each with whether it
