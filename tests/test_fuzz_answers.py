@@ -116,5 +116,5 @@ def test_hub_listings(body, link, monkeypatch):
 
     entry = load_catalogue()["qwen2.5-1.5b"]
     pages = iter([body, b"[]"])
-    monkeypatch.setattr(hub, "hub_open", lambda url, headers=None, timeout=60: Answer(next(pages, b"[]"), link))
+    monkeypatch.setattr(hub, "hub_open", lambda url, headers=None, timeout=60, deadline=None: Answer(next(pages, b"[]"), link))
     holds(lambda: hub.remote_files(entry))

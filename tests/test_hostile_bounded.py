@@ -42,19 +42,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_limited(body: str, limit: int = LIMIT) -> subprocess.CompletedProcess:
     """`body` in a fresh Python under an address-space limit: it prints one line and exits
-    2 for an IpoError, prints OK and exits 0 otherwise; the peak RSS (KiB) goes last."""
+    2 for an IpoError, prints OK and exits 0 otherwise; the peak RSS (KiB) goes last: the
+    process's own VmHWM (proc(5)), which a new program starts afresh, whereas getrusage's
+    ru_maxrss keeps the high-water mark of the parent it was forked from across execve
+    (getrusage(2)), pytest's own once torch is loaded."""
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+        def hwm():
+            with open("/proc/self/status") as fh:
+                return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
         from ipo_cli.errors import IpoError
         try:
         {textwrap.indent(textwrap.dedent(body), '    ')}
         except IpoError as exc:
             print(" ".join(str(exc).split()), file=sys.stderr)
-            print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            print("RSS", hwm())
             sys.exit(2)
         print("OK")
-        print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print("RSS", hwm())
     """)
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
