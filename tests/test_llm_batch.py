@@ -231,3 +231,68 @@ def test_optimize_batches_each_step_and_no_batch_does_not(tmp_path, fashion_trai
             later = r["index"] > 0 and not r["cached"]
             # one batch per step: the step's later candidates evaluate none of the prompt
             assert (r["usage"]["evaluated_tokens"] == 0) == (later and name == "batch"), r
+
+
+def _fake_proc(root, cpu_jiffies, own_jiffies):
+    """/proc/stat with one `cpuN` line per CPU (user nice system idle iowait irq softirq steal)
+    and /proc/self/stat whose utime+stime are `own_jiffies` (fields 14 and 15, proc(5)); the
+    command name holds ') (' as a hostile one may."""
+    (root / "proc/self").mkdir(parents=True, exist_ok=True)
+    lines = ["cpu  0 0 0 0 0 0 0 0 0 0"]
+    lines += [f"cpu{n} {busy} 0 0 {idle} 0 0 0 0 0 0" for n, (busy, idle) in enumerate(cpu_jiffies)]
+    (root / "proc/stat").write_text("\n".join(lines) + "\nintr 1 2 3\n")
+    (root / "proc/self/stat").write_text(f"42 (ipo ) (x) R 1 1 1 0 -1 0 0 0 0 0 {own_jiffies} 0 0 0 20 0 3 0\n")
+
+
+def test_free_threads_are_the_usable_cores_less_what_others_keep_busy(tmp_path):
+    from ipo_cli.llm.threads import LoadProbe, free_threads
+
+    probe = LoadProbe({0, 1}, tmp_path)
+    _fake_proc(tmp_path, [(1000, 1000), (1000, 1000)], own_jiffies=500)
+    probe.start()
+    # 100 jiffies pass on each CPU: CPU 0 fully busy, 40 of them ours; CPU 1 busy 60
+    _fake_proc(tmp_path, [(1100, 1000), (1060, 1040)], own_jiffies=540)
+    assert probe.others() == pytest.approx((160 - 40) / 200 * 2)  # 1.2 cores taken by others
+    assert free_threads(2, probe.others()) == 1
+    assert free_threads(8, 1.2) == 7 and free_threads(8, 1.6) == 6 and free_threads(2, 5.0) == 1
+    assert free_threads(4, 0.0) == 4 and free_threads(4, None) == 4  # unreadable load: the usable count
+    only_cpu1 = LoadProbe({1}, tmp_path)  # a CPU outside the affinity does not count
+    _fake_proc(tmp_path, [(10, 10), (10, 10)], own_jiffies=0)
+    only_cpu1.start()
+    _fake_proc(tmp_path, [(110, 10), (10, 110)], own_jiffies=0)
+    assert only_cpu1.others() == 0.0
+
+
+def test_threads_fit_beside_a_busy_process_and_a_chosen_count_is_kept(smollm):
+    """A real CPU-bound process on one of two cores: the fitted count leaves it its core."""
+    import subprocess
+    import sys
+    import time
+
+    from ipo_cli.llm.threads import fit_threads
+
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
+    try:
+        time.sleep(0.5)
+        assert fit_threads(2, cpus={0, 1}) == 1
+        llm = LlamaCppLLM(smollm, n_ctx=512)  # threads not chosen: fitted before each call
+        chosen = LlamaCppLLM(smollm, n_ctx=512, n_threads=2)
+        messages = [{"role": "user", "content": "Say hi."}]
+        llm.generate(messages, 1, SHORT)
+        chosen.generate(messages, 1, SHORT)
+        assert (llm.fit, llm.threads_now) == (True, 1)
+        assert (chosen.fit, chosen.threads_now) == (False, 2)
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def test_the_answers_do_not_depend_on_the_thread_count(smollm):
+    """Fitting the threads to the load must not change what a seed gives: ggml splits a
+    matrix product by rows, each row summed by one thread."""
+    one = LlamaCppLLM(smollm, n_ctx=1024, n_threads=1)
+    two = LlamaCppLLM(smollm, n_ctx=1024, n_threads=2)
+    messages = [{"role": "user", "content": "Write a prompt for photos of clothes."}]
+    for seeds in ([3], [5, 6, 7]):
+        assert texts(generate_many(one, messages, seeds, SHORT, mp.INS_GRAMMAR)) == \
+            texts(generate_many(two, messages, seeds, SHORT, mp.INS_GRAMMAR))

@@ -9,7 +9,7 @@ from ipo_cli.llm.openai_http import OpenAIServerLLM, check_url
 
 def load_llm(model: str | None = None, url: str | None = None, url_model: str | None = None,
              n_ctx: int | None = None, n_threads: int | None = None, gpu_layers: int | None = None,
-             machine: str = "cpu", batch: bool = True) -> LLM:
+             machine: str = "cpu", batch: bool = True, fit_threads: bool | None = None) -> LLM:
     """`--llm NAME|FILE` or `--llm-url URL [--llm-model NAME]`; `--llm SCHEME:NAME` for a
     backend a program registered (llm/registry.py)."""
     from ipo_cli.llm import registry
@@ -27,4 +27,4 @@ def load_llm(model: str | None = None, url: str | None = None, url_model: str | 
 
     local = resolve(model or default_model("llm", machine).name, "llm")
     return LlamaCppLLM(local.path, n_ctx=n_ctx or local.n_ctx, n_threads=n_threads, identity=local.identity,
-                       gpu_layers=gpu_layers, batch=batch)
+                       gpu_layers=gpu_layers, batch=batch, fit_threads=fit_threads)

@@ -117,3 +117,100 @@ def usable_cores(root: Path = Path("/"), affinity: Iterable[int] | None = None) 
 def llama_threads(threads: int | None = None, root: Path = Path("/")) -> int:
     """--threads N, else the usable physical cores."""
     return threads if threads else usable_cores(root).threads
+
+
+# ---- the cores free now -------------------------------------------------------------------
+# The count above is what the process may use; what it should use at a given moment is fewer
+# when other processes keep some of those cores busy. llama.cpp's threads spin while they
+# wait for each other (ggml's thread pool polls; llama.cpp's `--poll` defaults to 50, common/arg.cpp),
+# so a thread beyond the free cores is not shared fairly: it makes every token wait for the
+# one thread the scheduler has put aside (issue 20: 3.1x slower beside one busy process with
+# 2 threads on 2 cores). Before each call the backend therefore measures, over a short window,
+# how much CPU time the other processes take on its CPUs (/proc/stat's per-CPU jiffies minus
+# this process's own, /proc/self/stat utime+stime; proc(5)) and gives llama.cpp the cores left:
+# at least 1, at most the usable count. A user's --threads is never changed.
+
+
+def _cpu_jiffies(cpus: set[int], root: Path) -> tuple[int, int] | None:
+    """(busy, total) jiffies of these CPUs since boot, from /proc/stat's `cpuN` lines: busy is
+    everything but idle and iowait (fields 4 and 5)."""
+    text = _read(root / "proc/stat")
+    if text is None:
+        return None
+    busy = total = 0
+    for line in text.splitlines():
+        name, _, rest = line.partition(" ")
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        try:
+            values = [int(v) for v in rest.split()[:8]]
+        except ValueError:
+            return None
+        if len(values) < 5:
+            return None
+        total += sum(values)
+        busy += sum(values) - values[3] - values[4]
+    return (busy, total) if total else None
+
+
+def _own_jiffies(root: Path) -> int | None:
+    """This process's user + system jiffies (all its threads), /proc/self/stat fields 14 and 15
+    (counted after the command name, which may hold spaces and parentheses)."""
+    text = _read(root / "proc/self/stat")
+    if text is None or ")" not in text:
+        return None
+    fields = text.rsplit(")", 1)[1].split()
+    try:
+        return int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass
+class LoadProbe:
+    """Measures the CPUs' load by others over a window: `start()`, wait, `others()`; a test
+    hands it a fake root whose files it rewrites between the two."""
+
+    cpus: set[int]
+    root: Path = Path("/")
+    _start: tuple[int, int, int] | None = None
+
+    def start(self) -> None:
+        cpu, own = _cpu_jiffies(self.cpus, self.root), _own_jiffies(self.root)
+        self._start = (cpu[0], cpu[1], own) if cpu is not None and own is not None else None
+
+    def others(self) -> float | None:
+        """Cores' worth of time the other processes took on these CPUs since `start()`."""
+        cpu, own = _cpu_jiffies(self.cpus, self.root), _own_jiffies(self.root)
+        if self._start is None or cpu is None or own is None:
+            return None
+        busy, total, mine = cpu[0] - self._start[0], cpu[1] - self._start[1], own - self._start[2]
+        if total <= 0:
+            return None
+        return max(0.0, (busy - mine) / total * len(self.cpus))
+
+
+def free_threads(usable: int, others: float | None) -> int:
+    """The threads to run now: the usable cores less what the others keep busy (rounded to
+    the nearest core), at least 1; `usable` when the load cannot be read."""
+    if others is None:
+        return usable
+    return max(1, min(usable, usable - math.floor(others + 0.5)))
+
+
+def fit_threads(usable: int, window: float = 0.15, root: Path = Path("/"),
+                cpus: Iterable[int] | None = None) -> int:
+    """`free_threads` measured over `window` seconds now (the process itself is idle then)."""
+    import time
+
+    if usable <= 1:
+        return 1
+    if cpus is None:
+        try:
+            cpus = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            return usable
+    probe = LoadProbe(set(cpus), root)
+    probe.start()
+    time.sleep(window)
+    return free_threads(usable, probe.others())

@@ -185,7 +185,8 @@ def run(request: Request, placement: Placement, out: Path, reporter: Reporter | 
 
     with reporter.status("loading the LLM"):
         llm = load_llm(plan["llm"] if not request.llm_url else None, request.llm_url, request.llm_model,
-                       request.n_ctx, n_threads=threads.threads, gpu_layers=gpu_layers, batch=placement.batch)
+                       request.n_ctx, n_threads=threads.threads, gpu_layers=gpu_layers, batch=placement.batch,
+                       fit_threads=not placement.threads)
     models = {"llm": llm.identity, "lmm": lmm_identity, "clip": clip.identity}
     config: dict[str, Any] = {
         "ipo_version": __version__,
@@ -272,7 +273,8 @@ def _llm_path(request: Request, placement: Placement, threads) -> dict:
     if request.llm_url:
         return {}
     how = "one batch per step" if placement.batch and request.candidates > 1 else "one answer at a time"
-    return {"llm_answers": f"{how}, {threads.threads} thread{'s' if threads.threads != 1 else ''}: {threads.why}",
+    fitted = "" if placement.threads or threads.threads < 2 else ", fewer while other processes keep cores busy"
+    return {"llm_answers": f"{how}, {threads.threads} thread{'s' if threads.threads != 1 else ''}: {threads.why}{fitted}",
             "llm_batch": bool(placement.batch), "llm_threads": threads.threads}
 
 
