@@ -78,6 +78,7 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
     names = classnames if classnames is not None else read_classnames(folder)
     store = cache.cache_root(cache_dir) / "shard-images"
     items: list[ImageItem] = []
+    origins: dict[Path, Path] = {}
     for index in range(_nshards(count_file)):
         shard = folder / split / f"{index}.tar"
         if not shard.is_file():
@@ -86,9 +87,10 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
             if not 0 <= label < len(names):
                 raise IpoError(f"sample {key!r} of {shard} has label {label}, but there are {len(names)} classes")
             items.append(ImageItem(_store(store, image, ext), label))
+            origins.setdefault(items[-1].path, shard)
     if not items:
         raise IpoError(f"the {split!r} split of {folder} holds no image with a .cls label")
-    return Dataset(list(names), items, folder, image_loading="reference")
+    return Dataset(list(names), items, folder, image_loading="reference", origins=origins)
 
 
 def _samples(shard: Path):
