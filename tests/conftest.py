@@ -184,7 +184,10 @@ def ray_cluster(tmp_path_factory):
     with `ray.init` and stopped at the end; `ipo ... --ray auto` run in process attaches to it
     (cluster/ray_executor.py reuses a connection that is already open). The workers import
     ipo from this checkout and keep their caches in a folder of their own."""
-    ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the [ray] extra is not installed")
     base = tmp_path_factory.mktemp("ray-workers")
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "IPO_CACHE_DIR": str(base / "cache"), "IPO_HOME": str(base / "home"), "HF_HUB_OFFLINE": "1",
@@ -193,9 +196,15 @@ def ray_cluster(tmp_path_factory):
     # environment rather than in ~/.ray (ipo_cli/cluster/ray_executor.py, _private_token)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN", "ipo-tests-" + os.urandom(16).hex())
+    import ray  # only now: Ray reads the authentication settings once, when imported
+    import shutil
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="ipo-ray-")  # Ray's socket paths must stay under 108 bytes
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
-             _temp_dir=str(base / "ray"))
+             _temp_dir=short)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
+        shutil.rmtree(short, ignore_errors=True)

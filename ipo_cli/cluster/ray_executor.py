@@ -77,6 +77,8 @@ class RayExecutor:
         # `log_to_driver=False` keeps worker output in the cluster's logs.
         options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
                                    "include_dashboard": False}
+        if not self.owned and not ray.is_initialized():
+            _probe(address)
         self.attached_before = ray.is_initialized()  # a program (or a test) that already called ray.init
         try:
             if self.attached_before:
@@ -198,6 +200,22 @@ class RayExecutor:
         self._actors.clear()
         if ray.is_initialized() and not self.attached_before:
             ray.shutdown()
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) that accepts no connection is refused at once:
+    `ray.init` would wait for the cluster's GCS for minutes."""
+    import socket
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # `auto`, or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise IpoError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}",
+                       "start one with `ray start --head`, pass its address (HOST:PORT), or --ray local") from None
 
 
 def _private_token() -> None:
