@@ -105,10 +105,14 @@ class ClipWork:
         half = len(paths) // 2
         if self.fault_marker and Path(self.fault_marker).exists() and half:
             clip.embed_images(paths[:half], store=None, batch_size=self.batch_size)  # half the unit done...
-            Path(self.fault_marker).unlink()
-            import os
+            try:
+                Path(self.fault_marker).unlink()  # one worker claims the marker
+            except FileNotFoundError:
+                pass
+            else:
+                import os
 
-            os._exit(1)  # ...and the worker process dies, as on a lost node
+                os._exit(1)  # ...and the worker process dies, as on a lost node
         emb, kept, failures = clip.embed_images(paths, store=None, batch_size=self.batch_size)
         keys = [clip.image_key(sha256_file(paths[i])) for i in kept]
         return UnitEmbeddings(unit.index, list(kept), keys, emb.astype(np.float16),
