@@ -6,6 +6,7 @@ missing extra and an unreachable address. No part of Ray is mocked."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -15,10 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import RAY_TEST_KEY, run_ipo
-
-import importlib.util
 
 if importlib.util.find_spec("ray") is None:  # not imported here: see the ray_cluster fixture
     pytest.skip("the [ray] extra is not installed", allow_module_level=True)

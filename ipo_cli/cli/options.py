@@ -40,4 +40,4 @@ LmmModelOpt = Annotated[Optional[str], typer.Option("--lmm-model", help="Model n
 # Running the work on a Ray cluster (ipo_cli/cluster/; the [ray] extra)
 RayOpt = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster: its address (HOST:PORT, ray://HOST:10001, auto), or local for a private one started and stopped for this command (default: $RAY_ADDRESS, else here). Needs the [ray] extra.", rich_help_panel=CLUSTER)]
 RayWorkersOpt = Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="CLIP workers on the cluster (default: one per GPU, else one per CPU).", rich_help_panel=CLUSTER)]
-UnitSizeOpt = Annotated[int, typer.Option("--unit-size", min=1, help="Images per unit of work with --ray, a multiple of --batch-size (a webdataset shard is one unit); a rerun skips the units already in the cache.", rich_help_panel=CLUSTER)]
+UnitSizeOpt = Annotated[int, typer.Option("--unit-size", min=1, help="Images per unit of work with --ray, a multiple of the batch size (a webdataset shard is one unit); a rerun skips the units already in the cache.", rich_help_panel=CLUSTER)]

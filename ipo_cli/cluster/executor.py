@@ -11,9 +11,9 @@ calls `setup` once and then runs many units.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 RAY_ENV = "RAY_ADDRESS"  # Ray's own variable for the cluster to attach to (ray.init's `address`)
