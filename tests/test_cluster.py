@@ -172,3 +172,50 @@ def test_an_unreachable_address_is_one_line(fashion_train, tiny_config, tiny_che
                              "--ray", "127.0.0.1:9", env={"RAY_gcs_rpc_server_connect_timeout_s": "2"})
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "127.0.0.1:9" in result.stderr
+
+
+MID_CONFIG = {  # slow enough on a CPU to stop the driver in the middle of the work
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 256, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+def test_a_driver_killed_attaches_again_and_redoes_no_finished_unit(ray_cluster, tmp_path):
+    """A separate `ipo embed --ray HOST:PORT` process (the real attach path, with the cluster's
+    token from the environment) is killed with SIGKILL once a unit has landed; the same
+    command again takes every finished unit from the cache, and the result equals a local run."""
+    import signal
+    import time
+
+    from fashion_mnist import export
+
+    images = export(tmp_path / "images", "train", per_class=10)
+    config = tmp_path / "mid-clip.json"
+    config.write_text(json.dumps(MID_CONFIG))
+    cache, out = tmp_path / "cache", tmp_path / "ray"
+    args = [sys.executable, "-m", "ipo_cli", "embed", str(images), "--clip", str(config), "--device", "cpu",
+            "--batch-size", "8", "--unit-size", "8", "--out", str(out), "--json", "--ray", ray_cluster]
+    env = {**os.environ, "IPO_CACHE_DIR": str(cache)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((out / "img_emb").glob("*.npy")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    landed = len(list((out / "img_emb").glob("*.npy")))
+    assert 1 <= landed < 13  # killed in the middle
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["units"] == 13 and summary["units_cached"] >= landed and summary["embedded"] > 0
+    assert summary["embedded"] + summary["cached"] == 100
+    here = run_ipo("embed", images, "--clip", config, "--device", "cpu", "--batch-size", "8", "--unit-size", "8",
+                   "--out", tmp_path / "local", "--json", env={"IPO_CACHE_DIR": str(tmp_path / "c-local")})
+    assert here.returncode == 0, here.stderr
+    assert json.loads(here.stdout)["embedded"] == 100
+    emb_l, meta_l = _layout(tmp_path / "local")
+    emb_r, meta_r = _layout(out)
+    assert meta_l == meta_r and sorted(emb_l) == sorted(emb_r)
+    for name in emb_l:
+        assert np.array_equal(emb_l[name], emb_r[name])
