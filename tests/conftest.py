@@ -196,9 +196,10 @@ def ray_cluster(tmp_path_factory):
     # environment rather than in ~/.ray (ipo_cli/cluster/ray_executor.py, _private_token)
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     os.environ.setdefault("RAY_AUTH_TOKEN", "ipo-tests-" + os.urandom(16).hex())
-    import ray  # only now: Ray reads the authentication settings once, when imported
     import shutil
     import tempfile
+
+    import ray  # only now: Ray reads the authentication settings once, when imported
 
     short = tempfile.mkdtemp(prefix="ipo-ray-")  # Ray's socket paths must stay under 108 bytes
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
