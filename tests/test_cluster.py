@@ -219,3 +219,57 @@ def test_a_driver_killed_attaches_again_and_redoes_no_finished_unit(ray_cluster,
     assert meta_l == meta_r and sorted(emb_l) == sorted(emb_r)
     for name in emb_l:
         assert np.array_equal(emb_l[name], emb_r[name])
+
+
+def _descendants(pid: int) -> list[int]:
+    found = [int(x) for x in subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True,
+                                            text=True).stdout.split()]
+    return found + [d for child in found for d in _descendants(child)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_ctrl_c_on_the_driver_stops_its_private_cluster_and_keeps_the_cache_consistent(tmp_path):
+    """`--ray local`: ipo starts a private cluster (token in its environment only); Ctrl-C in
+    the middle is exit 130 with one line, every process of that cluster is gone, and the
+    units that landed are not computed again."""
+    import signal
+    import time
+
+    from fashion_mnist import export
+
+    images = export(tmp_path / "images", "train", per_class=10)
+    config = tmp_path / "mid-clip.json"
+    config.write_text(json.dumps(MID_CONFIG))
+    out = tmp_path / "out"
+    args = ["embed", str(images), "--clip", str(config), "--device", "cpu", "--batch-size", "8", "--unit-size", "8",
+            "--out", str(out), "--json"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["IPO_CACHE_DIR"] = str(tmp_path / "cache")
+    token_file = Path.home() / ".ray" / "auth_token"  # where Ray 2.60 would write a local cluster's token
+    had_token = token_file.exists()
+    proc = subprocess.Popen([sys.executable, "-m", "ipo_cli", *args, "--ray", "local"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((out / "img_emb").glob("*.npy")):
+        time.sleep(0.05)
+    cluster = _descendants(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.count("\n") == 1, stderr
+    landed = len(list((out / "img_emb").glob("*.npy")))
+    assert cluster and 1 <= landed < 13
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in cluster):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in cluster)  # the private cluster was stopped
+    assert had_token or not token_file.exists()  # its token lived in its environment only
+    again = run_ipo(*args, env={"IPO_CACHE_DIR": str(tmp_path / "cache")})  # here, without Ray
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["units_cached"] >= landed and summary["embedded"] + summary["cached"] == 100
