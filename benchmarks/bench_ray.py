@@ -5,7 +5,8 @@ Each configuration embeds into a fresh cache (nothing cached), in a subprocess, 
 runs it. Two figures per configuration: the command's own images/s (its `--json`
 `images_per_second`: the embedding phase only, after the model is loaded on every worker)
 and the whole command's wall time (Python start, cluster start and stop, CLIP load).
-One untimed local run first warms the disk cache and bytecode.
+One untimed local run first warms the disk cache and bytecode. A last, diagnostic row runs
+the local path with OMP_NUM_THREADS=1 (what each of two 1-CPU Ray workers gets).
 
 The goal (issue 19): Ray's overhead at most 15% at one worker; the 1 -> 2 worker scaling is
 reported as measured. This machine has few cores, shared with other work: the figures are
@@ -37,8 +38,8 @@ CONFIG = {
 }
 
 
-def embed(images: Path, config: Path, cache: Path, *extra: str) -> tuple[dict, float]:
-    env = {**os.environ, "IPO_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+def embed(images: Path, config: Path, cache: Path, *extra: str, env_extra: dict | None = None) -> tuple[dict, float]:
+    env = {**os.environ, "IPO_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ipo_cli", "embed", str(images), "--clip", str(config), "--device",
                            "cpu", "--json", *extra], capture_output=True, text=True, env=env, timeout=1800)
@@ -67,9 +68,15 @@ def main() -> None:
             summary, wall = embed(images, config, base / f"cache{i}", *extra)
             assert summary["embedded"] == summary["images"], summary
             rows.append((name, summary["images"], summary["images_per_second"], wall))
+        # a diagnostic row: the local path with torch on one thread, as each of two 1-CPU Ray
+        # workers runs (Ray sets OMP_NUM_THREADS to a worker's CPUs), to tell Ray's effect from
+        # the thread count's on a loaded machine
+        summary, wall = embed(images, config, base / "cache-1t", env_extra={"OMP_NUM_THREADS": "1"})
+        single = (summary["images"], summary["images_per_second"], wall)
     print(f"{'configuration':<16} {'images':>6} {'images/s (embedding)':>21} {'wall s (command)':>17}")
     for name, n, rate, wall in rows:
         print(f"{name:<16} {n:>6} {rate:>21.1f} {wall:>17.1f}")
+    print(f"{'local, 1 thread':<16} {single[0]:>6} {single[1]:>21.1f} {single[2]:>17.1f}")
     local, one, two = (r[2] for r in rows)
     print(f"Ray overhead at 1 worker: {100 * (1 - one / local):+.1f}% images/s (goal: at most 15%)")
     print(f"1 -> 2 workers: x{two / one:.2f} images/s (cores here: {os.cpu_count()})")

@@ -155,8 +155,8 @@ class RayExecutor:
                     idle.append(actor)
                     yield Outcome(unit, value)
         finally:
-            for ref in pending:  # Ctrl-C or an error: what was submitted is cancelled
-                ray.cancel(ref, force=False)
+            for ref in pending:  # Ctrl-C or an error: what was submitted is cancelled (close kills the actors)
+                _cancel(ray, ref, force=False)  # force is for tasks only, not actor methods
 
     def _tasks(self, units: Sequence[Any], work: Work) -> Iterator[Outcome]:
         ray = self.ray
@@ -176,7 +176,7 @@ class RayExecutor:
                         yield Outcome(unit, error=_reason(exc))
         finally:
             for ref in pending:
-                ray.cancel(ref, force=True)
+                _cancel(ray, ref, force=True)
 
     def on_every_node(self, fn: Any, arg: Any) -> list[Any]:
         ray = self.ray
@@ -200,6 +200,13 @@ class RayExecutor:
         self._actors.clear()
         if ray.is_initialized() and not self.attached_before:
             ray.shutdown()
+
+
+def _cancel(ray: Any, ref: Any, force: bool) -> None:
+    try:
+        ray.cancel(ref, force=force)
+    except Exception:  # noqa: BLE001 - finished meanwhile, or the cluster is going away
+        pass
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
