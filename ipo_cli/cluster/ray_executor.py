@@ -94,17 +94,21 @@ class RayExecutor:
                 from None
         resources = ray.cluster_resources()
         self.cpus = int(resources.get("CPU", 1))
-        self.gpus = float(resources.get("GPU", 0))
-        if device == "cpu":
-            self.gpus = 0.0
+        self.gpus = 0.0 if device == "cpu" else float(resources.get("GPU", 0))
+        node_cpus = max([int(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [1])
         # one GPU per worker where the cluster has GPUs (`num_gpus` is logical: Ray sets
         # CUDA_VISIBLE_DEVICES for each actor to the GPU it was given), else CPU workers
         self.gpus_per_worker = (gpus_per_worker if gpus_per_worker is not None else 1.0) if self.gpus else 0.0
-        if workers is None:
-            workers = int(self.gpus // self.gpus_per_worker) if self.gpus_per_worker else self.cpus
-        self.workers = max(1, workers)
-        # CPU workers split the cluster's CPUs between them (torch uses as many threads)
-        self.cpus_per_worker = max(1, self.cpus // self.workers) if not self.gpus_per_worker else 1
+        # never more workers than the cluster can place at once: a unit handed to an actor
+        # that waits for resources would wait for ever
+        fits = int(self.gpus // self.gpus_per_worker) if self.gpus_per_worker else self.cpus
+        if fits < 1:
+            raise IpoError(f"each worker asks for {self.gpus_per_worker:g} GPU(s), but the Ray cluster has "
+                           f"{self.gpus:g}", "ask for fewer (--ray-gpus-per-cell), or add GPU nodes")
+        self.workers = max(1, min(workers or fits, fits))
+        # CPU workers split the CPUs between them (torch then runs as many threads), but one
+        # worker asks for no more than one node has
+        self.cpus_per_worker = 1 if self.gpus_per_worker else max(1, min(self.cpus // self.workers, node_cpus))
         self._actors: list[tuple[Work, list[Any]]] = []
 
     # ---- workers --------------------------------------------------------------------------
