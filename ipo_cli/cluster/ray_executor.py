@@ -12,11 +12,13 @@ Facts about Ray 2.60 this module relies on (checked in Ray's docs and in the ins
 - A task whose worker process dies is retried up to `max_retries` times (default 3); a
   Python exception is not retried unless `retry_exceptions` says so
   (https://docs.ray.io/en/latest/ray-core/fault_tolerance/tasks.html).
-- Ray 2.60 turns token authentication on for a new local cluster when RAY_AUTH_MODE is
-  unset, generating a token into ~/.ray/auth_token; a driver attaching to a cluster reads
-  the token from RAY_AUTH_TOKEN, then RAY_AUTH_TOKEN_PATH, then that file (installed
-  ray/_private/authentication/authentication_token_setup.py, `enable_token_auth_by_default`,
-  `maybe_enable_token_auth_if_token_available`;
+- Ray 2.60 turns token authentication on for a cluster `ray.init()` starts when RAY_AUTH_MODE
+  is unset, generating a token into ~/.ray/auth_token (`ray/_private/worker.py` calls
+  `enable_token_auth_by_default`); `ray start --head`, and a driver attaching to a cluster,
+  turn it on when a token already exists or RAY_AUTH_MODE=token (`ray/scripts/scripts.py`
+  calls `maybe_enable_token_auth_if_token_available`); the token is read from RAY_AUTH_TOKEN,
+  then RAY_AUTH_TOKEN_PATH, then that file (installed
+  ray/_private/authentication/authentication_token_setup.py;
   https://docs.ray.io/en/master/ray-core/internals/token-authentication.html).
 - `local_mode` is gone: `ray.init(local_mode=True)` raises (installed ray/_private/worker.py).
 - `num_gpus` is a logical resource: Ray gives a task or actor that asks for GPUs its own
