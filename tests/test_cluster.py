@@ -278,3 +278,33 @@ def test_ctrl_c_on_the_driver_stops_its_private_cluster_and_keeps_the_cache_cons
     summary = json.loads(again.stdout)
     assert summary["units_cached"] >= landed and summary["embedded"] + summary["cached"] == 100
 
+
+class VisibleDevices:
+    """A work that reports the CUDA_VISIBLE_DEVICES its worker was given."""
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, unit: int) -> str | None:
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_logical_gpus_give_each_worker_its_own_cuda_visible_devices(ray_cluster):
+    """The cluster declares 2 GPUs on a CPU machine; with --device auto there is one worker
+    per GPU (num_gpus=1 each, bench cells likewise), and Ray hands each its own device."""
+    from ipo_cli.cluster.ray_executor import RayExecutor
+
+    executor = RayExecutor("auto")
+    try:
+        assert (executor.gpus, executor.gpus_per_worker, executor.workers) == (2.0, 1.0, 2)
+        actors = [o.value for o in executor.map_units([0, 1, 2, 3], VisibleDevices())]
+        tasks = [o.value for o in executor.map_units([0, 1], VisibleDevices(), stateful=False)]
+    finally:
+        executor.close()
+    assert sorted(set(actors)) == ["0", "1"]
+    assert all(t in ("0", "1") for t in tasks)
+    cpu = RayExecutor("auto", device="cpu")
+    try:
+        assert (cpu.gpus_per_worker, cpu.workers) == (0.0, 2)  # --device cpu: CPU workers only
+    finally:
+        cpu.close()

@@ -166,6 +166,7 @@ class RayExecutor:
 
     def _tasks(self, units: Sequence[Any], work: Work) -> Iterator[Outcome]:
         ray = self.ray
+        self._release_actors()  # workers kept from stateful work would hold the CPUs/GPUs the tasks wait for
         # a task whose worker dies is retried (max_retries); an exception in the work is
         # not (retry_exceptions=False): it is the unit's own failure, reported
         task = ray.remote(_run_task).options(num_cpus=1, num_gpus=self.gpus_per_worker,
@@ -193,9 +194,7 @@ class RayExecutor:
                 .remote(arg) for node in ray.nodes() if node.get("Alive")]
         return list(ray.get(refs))
 
-    def close(self) -> None:
-        """Kill this command's workers; stop the cluster when `--ray local` started it, else
-        only detach from it."""
+    def _release_actors(self) -> None:
         ray = self.ray
         for _, actors in self._actors:
             for actor in actors:
@@ -204,6 +203,12 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - already gone
                     pass
         self._actors.clear()
+
+    def close(self) -> None:
+        """Kill this command's workers; stop the cluster when `--ray local` started it, else
+        only detach from it."""
+        ray = self.ray
+        self._release_actors()
         if ray.is_initialized() and not self.attached_before:
             ray.shutdown()
 
