@@ -173,3 +173,41 @@ def run_ipo_without_torch(*args: str) -> subprocess.CompletedProcess:
              "sys.argv = ['ipo'] + sys.argv[1:]; from ipo_cli.entry import main; main()")
     return subprocess.run([sys.executable, "-c", guard, *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200"}, timeout=600)
+
+
+RAY_TEST_KEY = "sk-ray-0123456789"  # the API key the Ray workers see (tests/test_cluster.py's fake server)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real Ray cluster on 127.0.0.1 for every Ray test (2 CPUs and 2 logical GPUs, which
+    Ray allows on a machine without any), started in this process
+    with `ray.init` and stopped at the end; `ipo ... --ray auto` run in process attaches to it
+    (cluster/ray_executor.py reuses a connection that is already open). The workers import
+    ipo from this checkout and keep their caches in a folder of their own."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("the [ray] extra is not installed")
+    base = tmp_path_factory.mktemp("ray-workers")
+    path = [str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]  # ipo, and the tests' own work classes
+    env = {"PYTHONPATH": os.pathsep.join(path).rstrip(os.pathsep),
+           "IPO_CACHE_DIR": str(base / "cache"), "IPO_HOME": str(base / "home"), "HF_HUB_OFFLINE": "1",
+           "IPO_API_KEY": RAY_TEST_KEY}
+    # token authentication, as Ray 2.60 turns on for a local cluster, with the token in the
+    # environment rather than in ~/.ray (ipo_cli/cluster/ray_executor.py, _private_token)
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", "ipo-tests-" + os.urandom(16).hex())
+    import shutil
+    import tempfile
+
+    import ray  # only now: Ray reads the authentication settings once, when imported
+
+    short = tempfile.mkdtemp(prefix="ipo-ray-")  # Ray's socket paths must stay under 108 bytes
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env},
+             _temp_dir=short)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(short, ignore_errors=True)

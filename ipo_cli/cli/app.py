@@ -16,7 +16,7 @@ import typer
 
 from ipo_cli import __version__
 from ipo_cli.cli import cache as cache_cmds
-from ipo_cli.cli import classify, describe, evaluate, export, models, optimize, report
+from ipo_cli.cli import classify, describe, embed, evaluate, export, models, optimize, report
 from ipo_cli.cli.console import out
 from ipo_cli.cli.help import PanelCommand, PanelGroup
 
@@ -51,7 +51,7 @@ def _root(
 _COMMANDS: dict[typer.Typer, list[tuple[str, Callable[..., None]]]] = {
     app: [("optimize", optimize.optimize_cmd), ("eval", evaluate.eval_cmd), ("classify", classify.classify_cmd),
           ("describe", describe.describe_cmd), ("report", report.report_cmd), ("bench", optimize.bench_cmd),
-          ("export", export.export_cmd)],
+          ("export", export.export_cmd), ("embed", embed.embed_cmd)],
     models_app: [("list", models.models_list), ("show", models.models_show), ("pull", models.models_pull),
                  ("add", models.models_add), ("rm", models.models_rm), ("path", models.models_path)],
     cache_app: [("info", cache_cmds.cache_info), ("clear", cache_cmds.cache_clear)],

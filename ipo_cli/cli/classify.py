@@ -18,6 +18,9 @@ from ipo_cli.cli.options import (
     DeviceOpt,
     ImageLoadingOpt,
     JsonOpt,
+    RayOpt,
+    RayWorkersOpt,
+    UnitSizeOpt,
 )
 from ipo_cli.cli.output import check_out, show, write_out
 from ipo_cli.errors import IpoError
@@ -38,6 +41,9 @@ def classify_cmd(
     cache_dir: CacheDirOpt = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Write the predictions: .csv (path, rank, class, probability) or .jsonl.", rich_help_panel=OUTPUT)] = None,
     as_json: JsonOpt = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    unit_size: UnitSizeOpt = 256,
 ) -> None:
     """Label new images with an optimised prompt: top-k classes with probabilities."""
     from ipo_cli.clip import predictions_out, sources
@@ -65,12 +71,19 @@ def classify_cmd(
     loading = image_loading or (shards.image_loading if shards is not None else "ipo")
     with status(f"loading CLIP {clip_name}"):
         classifier = Classifier(prompt, classnames, clip_name, weights, device, cache_dir, image_loading=loading)
-    with progress_bar("classifying", len(paths), quiet=as_json) as advance:
-        predictions = classifier.classify(paths, top_k=top_k, progress=advance)
+    from ipo_cli.cluster.executor import ray_address
+
+    address = ray_address(ray)
+    if address is not None:
+        predictions = _classify_on_cluster(classifier, paths, address, ray_workers, unit_size, top_k, device,
+                                           out_file, as_json)
+    else:
+        with progress_bar("classifying", len(paths), quiet=as_json) as advance:
+            predictions = classifier.classify(paths, top_k=top_k, progress=advance)
     failed = [p for p in predictions if p.error]
     for p in failed:
         warn(f"could not read {p.source}: {p.error}")
-    if out_file:
+    if out_file and address is None:
         write_out(out_file, predictions_out.format_predictions(predictions, out_file))
 
     def render(_: Any) -> None:
@@ -92,3 +105,36 @@ def classify_cmd(
             warn(f"{len(failed)} unreadable image(s) listed")
 
     show([p.to_json() for p in predictions], as_json, render, lines=True)
+
+
+def _classify_on_cluster(classifier: Any, paths: list[Path], address: str, workers: int | None, unit_size: int,
+                         top_k: int, device: str, out_file: Optional[Path], as_json: bool) -> list[Any]:
+    """Images embedded by the cluster's workers, unit by unit; each unit's predictions are
+    appended to --out as soon as it arrives. Returned in the order of `paths`."""
+    from ipo_cli.clip import predictions_out
+    from ipo_cli.cluster.embed import cluster_clip
+    from ipo_cli.cluster.executor import open_executor
+
+    clip_name, weights, _ = classifier.spec
+    with status(f"starting CLIP {clip_name} on the Ray cluster"):
+        executor = open_executor(address, workers=workers, device=device)
+    stream = None
+    found: dict[str, Any] = {}
+    try:
+        with status(f"starting CLIP {clip_name} on the Ray cluster"):
+            clip = cluster_clip(executor, clip_name, weights, classifier.store, classifier.texts, device,
+                                unit_size=unit_size)
+        classifier.use_clip(clip)
+        stream = predictions_out.PredictionStream(out_file) if out_file is not None else None
+        with progress_bar("classifying", len(paths), quiet=as_json) as advance:
+            for result in clip.embed_units(paths, progress=advance):
+                chunk = classifier.predict_embedded(list(result.unit.paths), result.embeddings, result.kept,
+                                                    result.failures, top_k)
+                if stream is not None:
+                    stream.write(chunk)
+                found.update((p.source, p) for p in chunk)
+    finally:
+        executor.close()
+        if stream is not None:
+            stream.close()
+    return [found[str(p)] for p in paths]

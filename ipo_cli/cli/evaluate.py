@@ -23,7 +23,10 @@ from ipo_cli.cli.options import (
     ImageLoadingOpt,
     JsonOpt,
     OutsideRootOpt,
+    RayOpt,
+    RayWorkersOpt,
     SplitOpt,
+    UnitSizeOpt,
 )
 from ipo_cli.cli.output import check_out, show, write_out
 from ipo_cli.errors import IpoError
@@ -53,6 +56,9 @@ def eval_cmd(
     as_json: JsonOpt = False,
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Also write the results as JSON to this file.", rich_help_panel=OUTPUT)] = None,
     truncate_long: Annotated[bool, typer.Option("--truncate-long", help="Score prompts longer than CLIP's 77 tokens cut to fit (with a warning) instead of refusing them.", rich_help_panel=CLIP)] = False,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
+    unit_size: UnitSizeOpt = 256,
     out_format: Annotated[str, typer.Option("--format", help="What --out holds: ipo (every prompt) or clip_benchmark (CLIP_benchmark's result JSON: the file's ensemble as it scores it, a run's best prompt; --out FOLDER/ names the file as CLIP_benchmark does).", rich_help_panel=OUTPUT)] = "ipo",
 ) -> None:
     """Score prompt templates on labelled images: top-1, top-5, mean per-class recall.
@@ -78,13 +84,21 @@ def eval_cmd(
     check_out(out_file, data.root, *data.paths, folder=to_folder)  # no image it reads, by any name (gates/paths.py)
     store = cache.Store(cache.cache_root(cache_dir), "embeddings")
     # When the cache holds every embedding this evaluation needs, neither torch nor
-    # open_clip is imported and no model is loaded.
-    model = open_clip_model(clip, weights, store, data.paths, inputs.texts(), device,
-                            loading=lambda identity: status(f"loading CLIP {identity}"), image_loading=data.image_loading)
-    for line in evaluate.check_text_lengths(model, prompt_list, data.classnames, baseline, truncate_long):
-        warn(line)
-    with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
-        embedded = evaluate.embed_dataset(model, data, store, progress=advance, batch_size=batch_size)
+    # open_clip is imported and no model is loaded (nor a Ray cluster reached).
+    executor, model = _cluster_clip(ray, ray_workers, unit_size, clip, weights, store, data, inputs.texts(), device,
+                                    batch_size)
+    try:
+        if model is None:
+            model = open_clip_model(clip, weights, store, data.paths, inputs.texts(), device,
+                                    loading=lambda identity: status(f"loading CLIP {identity}"),
+                                    image_loading=data.image_loading)
+        for line in evaluate.check_text_lengths(model, prompt_list, data.classnames, baseline, truncate_long):
+            warn(line)
+        with progress_bar("embedding images", len(data.items), quiet=as_json) as advance:
+            embedded = evaluate.embed_dataset(model, data, store, progress=advance, batch_size=batch_size)
+    finally:
+        if executor is not None:
+            executor.close()
     for path, reason in embedded.skipped:
         warn(f"skipped unreadable image {path}: {reason}")
     report = evaluate.evaluate(model, embedded, prompt_list, baseline=baseline, base_novel=base_novel, seed=seed)
@@ -110,6 +124,34 @@ def eval_cmd(
             err.print(f"results written to {out_file}")
 
     show(result, as_json, render)
+
+
+def _cluster_clip(ray: str | None, workers: int | None, unit_size: int, clip: str, weights: Any, store: Any,
+                  data: Any, texts: list[str], device: str, batch_size: int) -> tuple[Any, Any]:
+    """With --ray (or RAY_ADDRESS) and images the cache lacks: the executor and a CLIP whose
+    images are embedded by the cluster's workers (ipo_cli/cluster/); else (None, None)."""
+    from ipo_cli.cluster.executor import ray_address
+
+    address = ray_address(ray)
+    if address is None:
+        return None, None
+    from ipo_cli.clip.warm import cached_clip
+
+    if cached_clip(clip, weights, store, data.paths, texts, device, data.image_loading) is not None:
+        return None, None  # all cached: nothing to run anywhere
+    from ipo_cli.cluster.embed import cluster_clip
+    from ipo_cli.cluster.executor import open_executor
+
+    with status(f"starting CLIP {clip} on the Ray cluster"):
+        executor = open_executor(address, workers=workers, device=device)
+        try:
+            model = cluster_clip(executor, clip, weights, store, texts, device, data.image_loading, batch_size,
+                                 unit_size)
+        except BaseException:
+            executor.close()
+            raise
+    model.origins = dict(getattr(data, "origins", {}))
+    return executor, model
 
 
 def _render_eval(report: Any) -> None:

@@ -14,6 +14,7 @@ from ipo_cli.cli.errors import SUMMARY_SHOWN, TERMINATED
 from ipo_cli.cli.models import pull_with_progress
 from ipo_cli.cli.options import (
     CLIP,
+    CLUSTER,
     DATA,
     LOOP,
     MODELS,
@@ -34,6 +35,7 @@ from ipo_cli.cli.options import (
     LmmOpt,
     LmmUrlOpt,
     NoBatchOpt,
+    RayOpt,
     SplitOpt,
     ThreadsOpt,
 )
@@ -157,6 +159,8 @@ def bench_cmd(
     gpu_layers: GpuLayersOpt = None,
     cache_dir: CacheDirOpt = None,
     as_json: JsonOpt = False,
+    ray: RayOpt = None,
+    ray_gpus_per_cell: Annotated[Optional[float], typer.Option("--ray-gpus-per-cell", min=0, help="GPUs each cell asks the Ray cluster for (default: 1 where the cluster has GPUs, else 0).", rich_help_panel=CLUSTER)] = None,
 ) -> None:
     """The base-to-novel benchmark: an optimize run per dataset and seed, then the paper's table."""
     from ipo_cli.data import coop as presets
@@ -192,13 +196,42 @@ def bench_cmd(
         finally:
             reporter.close()
 
+    from ipo_cli.cluster.executor import ray_address
+
+    address = ray_address(ray)
+    failed: dict[str, str] = {}
     try:
-        bench.run_cells(cells, given, budget, run_one)
+        if address is None:
+            bench.run_cells(cells, given, budget, run_one)
+        else:
+            failed = _bench_on_cluster(bench, cells, given, budget, placement, address, ray_gpus_per_cell, out_dir,
+                                       device, as_json)
         with status("scoring each strategy's prompt on the held-out images") if not as_json else contextlib.nullcontext():
             bench.compare(cells, placement)
     finally:
-        result = bench.finish(out_dir, cells, shots)
+        result = bench.finish(out_dir, cells, shots, failed)
     show({"plan": sweep, **result}, as_json, lambda _: out.print(bench.markdown(result)))
+
+
+def _bench_on_cluster(bench: Any, cells: list[Any], given: Any, budget: Optional[str], placement: Any, address: str,
+                      gpus: Optional[float], out_dir: Path, device: str, as_json: bool) -> dict[str, str]:
+    """One Ray task per unfinished cell, into the bench folder, which every node must see."""
+    from ipo_cli.cluster.executor import check_shared, open_executor
+
+    with status("connecting to the Ray cluster"):
+        executor = open_executor(address, gpus_per_worker=gpus, device=device)
+    try:
+        check_shared(executor, out_dir, "the bench folder")
+        todo = sum(1 for c in cells if not c.finished)
+        with progress_bar("bench cells", todo, quiet=as_json) as advance:
+            def on_cell(cell: Any, error: Optional[str]) -> None:
+                if error:
+                    warn(f"cell {cell.dataset} seed {cell.seed} failed: {error}")
+                advance(1)
+
+            return bench.run_cells_on(executor, cells, given, budget, placement, on_cell)
+    finally:
+        executor.close()
 
 
 if TYPE_CHECKING:  # the job (and its loop) is imported only when a command runs, not for --help

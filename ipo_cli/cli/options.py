@@ -14,6 +14,7 @@ LOOP = "Loop"
 MODELS = "Models"
 CLIP = "CLIP"
 OUTPUT = "Output"
+CLUSTER = "Cluster"
 
 ImagesOpt = Annotated[Path, typer.Option("--images", help="Folder with one sub-folder per class (or the image root of --split).", rich_help_panel=DATA)]
 ClassesOpt = Annotated[Optional[Path], typer.Option("--classes", help="Text file, one class name per line ('#' comments allowed).", rich_help_panel=DATA)]
@@ -38,3 +39,8 @@ LlmModelOpt = Annotated[Optional[str], typer.Option("--llm-model", help="Model n
 LmmOpt = Annotated[Optional[str], typer.Option("--lmm", help="Multimodal model for image descriptions: name, GGUF file, clip (CLIP's own attributes), or none.", rich_help_panel=MODELS)]
 LmmUrlOpt = Annotated[Optional[str], typer.Option("--lmm-url", help="OpenAI-compatible server for descriptions.", rich_help_panel=MODELS)]
 LmmModelOpt = Annotated[Optional[str], typer.Option("--lmm-model", help="Model name to send to --lmm-url.", rich_help_panel=MODELS)]
+
+# Running the work on a Ray cluster (ipo_cli/cluster/; the [ray] extra)
+RayOpt = Annotated[Optional[str], typer.Option("--ray", help="Run on a Ray cluster: its address (HOST:PORT, ray://HOST:10001, auto), or local for a private one started and stopped for this command (default: $RAY_ADDRESS, else here). Needs the [ray] extra.", rich_help_panel=CLUSTER)]
+RayWorkersOpt = Annotated[Optional[int], typer.Option("--ray-workers", min=1, help="CLIP workers on the cluster (default: one per GPU, else one per CPU).", rich_help_panel=CLUSTER)]
+UnitSizeOpt = Annotated[int, typer.Option("--unit-size", min=1, help="Images per unit of work with --ray, a multiple of the batch size (a webdataset shard is one unit); a rerun skips the units already in the cache.", rich_help_panel=CLUSTER)]

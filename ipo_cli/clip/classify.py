@@ -132,6 +132,31 @@ class Classifier:
                 out[i].top = [(self.classnames[c], float(p[c])) for c in best]
         return out
 
+    def use_clip(self, clip: Any) -> None:
+        """Score with this CLIP (e.g. one whose images a cluster embeds: cluster/embed.py)."""
+        from ipo_cli.clip.scoring import class_embeddings
+
+        self.clip = clip
+        self.text = class_embeddings(clip, self.prompt, self.classnames)
+
+    def predict_embedded(self, paths: Sequence[Path], embeddings: np.ndarray, kept: Sequence[int],
+                         failures: Sequence[Any], top_k: int = 5) -> list[Prediction]:
+        """Predictions for files already embedded (`kept` indexes `paths`; `failures` are the
+        unreadable ones), in the order of `paths`: a chunk of `classify` for a caller that
+        gets embeddings in chunks, as they arrive."""
+        top_k = max(1, min(top_k, len(self.classnames)))
+        out = [Prediction(str(p)) for p in paths]
+        for failure in failures:
+            for i, p in enumerate(paths):
+                if Path(p) == Path(failure.path):
+                    out[i].error = failure.reason
+        if len(kept):
+            probs = self.probabilities(np.asarray(embeddings))
+            for i, p in zip(kept, probs):
+                best = np.argsort(-p, kind="stable")[:top_k]
+                out[i].top = [(self.classnames[c], float(p[c])) for c in best]
+        return out
+
     @staticmethod
     def _name(i: int, x: Any) -> str:
         return str(x) if isinstance(x, (str, Path)) else f"<image {i}>"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,3 +59,32 @@ def format_predictions(predictions: Iterable[Prediction], path: Path) -> str:
     """The text of --out `path`: CSV for .csv, JSON lines for .jsonl."""
     check_suffix(path)
     return to_csv(predictions) if path.suffix.lower() == ".csv" else to_json_lines(predictions)
+
+
+class PredictionStream:
+    """`--out` written as predictions arrive (`ipo classify --ray`): the header, then each
+    chunk appended and flushed, so the file holds every prediction made so far. Opened
+    without following a link (the paths gate checked the name first)."""
+
+    def __init__(self, path: Path):
+        from ipo_cli.gates.paths import check_out_file, os_error
+
+        check_suffix(path)
+        self.path = check_out_file(path, "--out")
+        self.csv = path.suffix.lower() == ".csv"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise os_error(exc, f"cannot write --out {self.path}") from None
+        self.fh = os.fdopen(fd, "w", encoding="utf-8", newline="")
+        if self.csv:
+            self.fh.write(to_csv([]))
+
+    def write(self, predictions: Iterable[Prediction]) -> None:
+        text = to_csv(predictions).split("\n", 1)[1] if self.csv else to_json_lines(predictions)
+        self.fh.write(text)
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()

@@ -29,6 +29,9 @@ class Dataset:
     # How its images are decoded (see load_image): "reference" for the field's datasets
     # (CoOp's --dataset, CLIP_benchmark shards), "ipo" for a user's folders.
     image_loading: str = "ipo"
+    # The webdataset shard each image was taken from (data/shards.py), so that work can be
+    # split by shard; empty for image files.
+    origins: dict[Path, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.original_labels:

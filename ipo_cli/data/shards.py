@@ -110,6 +110,7 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
     names = classnames if classnames is not None else read_classnames(folder)
     store = cache.ShardImages(cache_dir)  # under --cache-dir, bounded in total (cache.py)
     items: list[ImageItem] = []
+    origins: dict[Path, Path] = {}
     shards = [folder / split / f"{index}.tar" for index in range(_nshards(count_file))]
     for shard in shards:
         if not shard.is_file():
@@ -121,9 +122,10 @@ def load_shards(folder: Path, split: str = "test", cache_dir: Path | str | None 
                 image.discard()
                 raise IpoError(f"sample {key!r} of {shard} has label {label}, but there are {len(names)} classes")
             items.append(ImageItem(image.keep(), label))
+            origins.setdefault(items[-1].path, shard)
     if not items:
         raise IpoError(f"the {split!r} split of {folder} holds no image with a .cls label")
-    return Dataset(list(names), items, folder, image_loading="reference")
+    return Dataset(list(names), items, folder, image_loading="reference", origins=origins)
 
 
 class _Budget:

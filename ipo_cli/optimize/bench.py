@@ -128,6 +128,65 @@ def run_cells(cells_: list[Cell], given: Overrides, budget: str | None,
             raise KeyboardInterrupt
 
 
+@dataclass
+class CellUnit:
+    """One cell as a unit of work elsewhere: its request, folder and whether it resumes."""
+
+    dataset: str
+    seed: int
+    folder: Path
+    request: Request
+    resume: bool
+
+
+@dataclass
+class CellWork:
+    """Runs one bench cell where the executor puts it (a Ray task): the same resumable
+    `ipo optimize` run as locally, into the cell's folder (which the driver checked is
+    shared), saying nothing on the terminal; the LLM is the worker node's own (pulled once
+    into its store) or the server the request names (--llm-url)."""
+
+    placement: Any
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, unit: CellUnit) -> dict:
+        from ipo_cli.optimize import job
+
+        return job.run(unit.request, self.placement, unit.folder, job.Reporter(), resume=unit.resume)
+
+
+def run_cells_on(executor: Any, cells_: list[Cell], given: Overrides, budget: str | None, placement: Any,
+                 on_cell: Callable[[Cell, str | None], None] | None = None) -> dict[str, str]:
+    """Every unfinished cell as one unit on `executor` (one Ray task per cell); a cell that
+    fails after its retries is returned (`"DATASET/seedS": reason`) and the others go on."""
+    units = []
+    for cell in cells_:
+        if cell.finished:
+            continue
+        resume = (cell.folder / "config.json").is_file()
+        request = cell_request(cell, given, budget)
+        if resume:
+            from ipo_cli.optimize.run_folder import RunFolder
+
+            saved = RunFolder.open(cell.folder)[1].get("request", {})
+            request = make_request(Overrides(), None, saved)
+        units.append(CellUnit(cell.dataset, cell.seed, cell.folder, request, resume))
+    failed: dict[str, str] = {}
+    by_folder = {str(c.folder): c for c in cells_}
+    for outcome in executor.map_units(units, CellWork(placement), stateful=False):
+        unit = outcome.unit
+        error = outcome.error
+        if error is None and isinstance(outcome.value, dict) and outcome.value.get("interrupted"):
+            error = "interrupted"
+        if error is not None:
+            failed[f"{unit.dataset}/seed{unit.seed}"] = error
+        if on_cell is not None:
+            on_cell(by_folder[str(unit.folder)], error)
+    return failed
+
+
 def table(cells_: list[Cell], shots: int) -> dict[str, Any]:
     """Per dataset and on average: B, N, H of the CLIP baseline and of IPO, mean and
     standard deviation over the seeds that finished."""
@@ -363,6 +422,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| *paper, average of 11* | 3 | {ref('CLIP')} | {ref('IPO')} |")
     if result.get("strategies"):
         lines += strategy_markdown(result["strategies"])
+    if result.get("failed"):
+        lines += ["", "Cells that failed (run the same command again to retry them):", ""]
+        lines += [f"- {name}: {reason}" for name, reason in result["failed"].items()]
     lines += ["", "Prompts found:", ""]
     for name, row in result["datasets"].items():
         for seed, prompt in zip(row["seeds"], row["prompts"]):
@@ -376,10 +438,13 @@ def write_tables(out: Path, result: dict) -> None:
     (Path(out) / "table.md").write_text(markdown(result), encoding="utf-8")
 
 
-def finish(out: Path, cells_: list[Cell], shots: int) -> dict[str, Any]:
+def finish(out: Path, cells_: list[Cell], shots: int, failed: dict[str, str] | None = None) -> dict[str, Any]:
     """The end of a bench, finished or stopped: the table of what is done (table.json,
-    table.md) and, once a dataset has a result, the bench report linking every run's."""
+    table.md, with the cells that failed) and, once a dataset has a result, the bench
+    report linking every run's."""
     result = table(cells_, shots)
+    if failed:
+        result["failed"] = dict(failed)
     write_tables(out, result)
     if result["datasets"]:
         from ipo_cli.explain import report
