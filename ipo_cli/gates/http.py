@@ -262,26 +262,28 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
-class _DeadlineConnection(http.client.HTTPConnection):
+class _Deadline:
+    """A connection whose socket the watchdog shuts at `deadline` (a total time for the whole
+    exchange, headers included, besides the per-read timeout)."""
+
+    sock: Any
+
     def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # the connection class after this mixin
         self.deadline = deadline
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         if self.deadline is not None and self.sock is not None:
             _WATCHDOG.watch(self.sock, self.deadline)
 
 
-class _DeadlineHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
+class _DeadlineConnection(_Deadline, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        if self.deadline is not None and self.sock is not None:
-            _WATCHDOG.watch(self.sock, self.deadline)
+
+class _DeadlineHTTPSConnection(_Deadline, http.client.HTTPSConnection):
+    pass
 
 
 class _HTTPHandler(urllib.request.HTTPHandler):
