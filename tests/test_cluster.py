@@ -308,3 +308,32 @@ def test_logical_gpus_give_each_worker_its_own_cuda_visible_devices(ray_cluster)
         assert (cpu.gpus_per_worker, cpu.workers) == (0.0, 2)  # --device cpu: CPU workers only
     finally:
         cpu.close()
+
+
+def test_shard_units_on_ray_equal_the_local_path_and_a_node_extracts_what_it_lacks(
+        ray_cluster, fashion_train, tiny_config, tiny_checkpoint, tmp_path):
+    """A webdataset folder: one unit per shard; a node without the driver's extracted images
+    writes them itself, to the same content-addressed names, through the bounded store."""
+    from test_shards import build_shards
+
+    from ipo_cli.cluster.clip_work import _extract
+    from ipo_cli.data import folders, shards
+
+    folder = build_shards(tmp_path / "wds", folders.load_folder(fashion_train), per_shard=20)
+    local, _ = _embed(folder, tiny_config, tiny_checkpoint, tmp_path / "c1", "--out", tmp_path / "local")
+    remote, _ = _embed(folder, tiny_config, tiny_checkpoint, tmp_path / "c2", "--out", tmp_path / "ray", "--ray", "auto")
+    # a unit never spans two shards: each shard of 20 in units of at most --unit-size 16
+    assert local["images"] == remote["images"] == 60 and remote["units"] == 6 and remote["embedded"] == 60
+    emb_l, meta_l = _layout(tmp_path / "local")
+    emb_r, meta_r = _layout(tmp_path / "ray")
+    assert sorted(emb_l) == sorted(emb_r)
+    for name in emb_l:
+        assert np.array_equal(emb_l[name], emb_r[name])
+    # a node that lacks the images: they are written where the driver listed them, byte for byte
+    data = shards.load_shards(folder, "test", cache_dir=tmp_path / "driver")
+    wanted = [p for p, origin in data.origins.items() if origin.name == "1.tar"]
+    listed = {p.name: p.read_bytes() for p in wanted}
+    node = tmp_path / "node" / "shard-images"
+    paths = [node / p.parent.name / p.name for p in wanted]
+    _extract(folder / "test" / "1.tar", paths)
+    assert {p.name: p.read_bytes() for p in paths} == listed and len(paths) == 20
