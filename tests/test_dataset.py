@@ -273,3 +273,35 @@ def test_the_image_cache_key_includes_the_loading(tiny_clip):
     finally:
         tiny_clip.image_loading = before
     assert tiny_clip.image_key("ab" * 32) == ipo_key  # ipo's keys are those written before the choice
+
+
+def test_split_files_are_checked_per_folder_with_links_and_odd_entries(tmp_path):
+    """The per-folder check (one scandir a folder) says what the per-entry one said: a link
+    to a file outside the root is outside, a linked folder inside is fine, an entry naming a
+    folder is missing, and a million entries are not needed to see it."""
+    import json
+
+    from ipo_cli.data.folders import load_split
+    from ipo_cli.errors import IpoError
+
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    (root / "a").mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / "a" / "x.png").write_bytes(b"x")
+    (elsewhere / "y.png").write_bytes(b"y")
+    (root / "a" / "link.png").symlink_to(elsewhere / "y.png")
+    (root / "b").symlink_to(root / "a", target_is_directory=True)
+
+    def split(*paths):
+        path = tmp_path / "split.json"
+        path.write_text(json.dumps({"train": [[p, 0, "a"] for p in paths]}))
+        return path
+
+    assert [p.name for p in load_split(split("a/x.png", "b/x.png"), root).paths] == ["x.png", "x.png"]
+    with pytest.raises(IpoError, match="points outside the image root .*link.png"):
+        load_split(split("a/x.png", "a/link.png"), root)
+    assert load_split(split("a/link.png"), root, allow_outside_root=True).paths[0].name == "link.png"
+    with pytest.raises(IpoError, match="1 missing image"):
+        load_split(split("a/x.png", "a/.."), root)  # the root itself: not outside, not a file
+    with pytest.raises(IpoError, match="points outside"):
+        load_split(split("a/../../elsewhere/y.png"), root)
