@@ -23,7 +23,9 @@ def test_bench_runs_resumes_and_tabulates(tmp_path, tiny_config, tiny_checkpoint
             "--candidates", "2", "--lmm", "none", "--clip", str(tiny_config), "--clip-weights",
             str(tiny_checkpoint), "--out", str(out)]
     replies = lambda p: f"<INS>a photo number {p['seed'] % 97} of a <CLASS>.</INS>"  # noqa: E731
-    with FakeOpenAI(key=KEY, latency=0.2, reply=replies) as api:
+    # 1 s a request: a cell is 2 requests (one with n a step), so the interrupt lands well before
+    # the other three cells end (at 0.2 s the whole bench could finish before SIGINT arrived)
+    with FakeOpenAI(key=KEY, latency=1.0, reply=replies) as api:
         args += ["--llm-url", api.url + "/v1"]
         env = {**os.environ, "IPO_API_KEY": KEY}
         proc = subprocess.Popen([sys.executable, "-m", "ipo_cli", *args], env=env, stdout=subprocess.PIPE,
