@@ -16,14 +16,12 @@ copies `DIR/metadata` beside it. One ipo unit of work is one partition.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ipo_cli.errors import IpoError
-from ipo_cli.gates.paths import check_out_folder, os_error
+from ipo_cli.gates.paths import check_out_folder, replace_atomic
 
 
 def partition_name(index: int, count: int) -> str:
@@ -54,20 +52,7 @@ def has_partition(out: Path, index: int, count: int) -> bool:
 
 
 def _atomic(path: Path, write: Any) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as exc:
-        raise os_error(exc, f"cannot write {path}") from None
+    replace_atomic(path, write, str(path))
 
 
 def write_partition(out: Path, index: int, count: int, embeddings: Any, image_paths: Sequence[str]) -> None:

@@ -14,8 +14,9 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from ipo_cli.errors import IpoError
 
@@ -174,16 +175,21 @@ def check_out_folder(path: Path | str, what: str = "--out") -> Path:
 
 
 def write_text_atomic(path: Path | str, text: str, what: str = "--out") -> None:
-    """Write `text` to `path` in one step: a fresh temporary file in the same folder
-    (created exclusively, so no link is followed), flushed to disk, renamed over `path`.
-    A reader sees the old file or the new one, never half of it."""
+    """Write `text` to `path` in one step (`replace_atomic`), after the --out checks."""
     path = check_out_file(path, what)
+    replace_atomic(path, lambda fh: fh.write(text.encode("utf-8")), f"{what} {path}")
+
+
+def replace_atomic(path: Path, write: Callable[[BinaryIO], object], what: str) -> None:
+    """`write(fh)` into a fresh temporary file in the same folder (created exclusively, so no
+    link is followed), flushed to disk, renamed over `path`: a reader sees the old file or
+    the new one, never half of it; the temporary file never outlives a failure."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
@@ -191,7 +197,7 @@ def write_text_atomic(path: Path | str, text: str, what: str = "--out") -> None:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise os_error(exc, f"cannot write {what} {path}") from None
+        raise os_error(exc, f"cannot write {what}") from None
 
 
 def inside(path: Path | str, root: Path | str) -> bool:
