@@ -110,19 +110,25 @@ def plan(cells_: list[Cell], given: Overrides, budget: str | None) -> dict:
             "llm_calls_max": llm_calls, "captions_max": captions}
 
 
+def _next_request(cell: Cell, given: Overrides, budget: str | None) -> tuple[Request, bool]:
+    """What an unfinished cell runs, here or on a cluster: a started cell resumes with the
+    settings its config.json saved (type-checked, the file named); a new one gets the bench's."""
+    config = cell.folder / "config.json"
+    if not config.is_file():
+        return cell_request(cell, given, budget), False
+    from ipo_cli.optimize.run_folder import RunFolder
+
+    saved = RunFolder.open(cell.folder)[1].get("request", {})
+    return make_request(Overrides(), None, saved, str(config)), True
+
+
 def run_cells(cells_: list[Cell], given: Overrides, budget: str | None,
               run_one: Callable[[Request, Path, bool], dict]) -> None:
     """Run or resume every unfinished cell with `run_one(request, folder, resume)`."""
     for cell in cells_:
         if cell.finished:
             continue
-        resume = (cell.folder / "config.json").is_file()
-        request = cell_request(cell, given, budget)
-        if resume:
-            from ipo_cli.optimize.run_folder import RunFolder
-
-            saved = RunFolder.open(cell.folder)[1].get("request", {})
-            request = make_request(Overrides(), None, saved, str(cell.folder / "config.json"))
+        request, resume = _next_request(cell, given, budget)
         summary = run_one(request, cell.folder, resume)
         if summary.get("interrupted"):
             raise KeyboardInterrupt
@@ -165,13 +171,7 @@ def run_cells_on(executor: Any, cells_: list[Cell], given: Overrides, budget: st
     for cell in cells_:
         if cell.finished:
             continue
-        resume = (cell.folder / "config.json").is_file()
-        request = cell_request(cell, given, budget)
-        if resume:
-            from ipo_cli.optimize.run_folder import RunFolder
-
-            saved = RunFolder.open(cell.folder)[1].get("request", {})
-            request = make_request(Overrides(), None, saved)
+        request, resume = _next_request(cell, given, budget)
         units.append(CellUnit(cell.dataset, cell.seed, cell.folder, request, resume))
     failed: dict[str, str] = {}
     by_folder = {str(c.folder): c for c in cells_}
