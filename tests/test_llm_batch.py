@@ -296,3 +296,25 @@ def test_the_answers_do_not_depend_on_the_thread_count(smollm):
     for seeds in ([3], [5, 6, 7]):
         assert texts(generate_many(one, messages, seeds, SHORT, mp.INS_GRAMMAR)) == \
             texts(generate_many(two, messages, seeds, SHORT, mp.INS_GRAMMAR))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stat=st.text(max_size=300), self_stat=st.text(max_size=120), usable=st.integers(1, 64),
+       others=st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)))
+def test_a_garbled_proc_never_gives_a_thread_count_outside_one_to_usable(tmp_path, stat, self_stat, usable, others):
+    """/proc/stat and /proc/self/stat are read as outside text: whatever they hold, the probe
+    gives a load or None, never an exception, and the count stays within 1..usable."""
+    import math
+
+    from ipo_cli.llm.threads import LoadProbe, free_threads
+
+    (tmp_path / "proc/self").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "proc/stat").write_text(stat)
+    (tmp_path / "proc/self/stat").write_text(self_stat)
+    probe = LoadProbe({0, 1}, tmp_path)
+    probe.start()
+    load = probe.others()
+    assert load is None or (math.isfinite(load) and load >= 0)
+    if others is not None and not math.isfinite(others):
+        others = None  # the probe gives finite loads only (checked above)
+    assert 1 <= free_threads(usable, others if others is None else abs(others)) <= usable
